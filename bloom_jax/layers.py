@@ -1,0 +1,219 @@
+"""BLOOM's building blocks, as in Le Scao et al. (2022), "BLOOM: A 176B-Parameter
+Open-Access Multilingual Language Model", and Hugging Face's `BloomForCausalLM`.
+
+A block is pre-LayerNorm: x + Attn(LN(x)), then x + MLP(LN(x)). Attention has a fused
+query/key/value projection whose output features are head-interleaved (Megatron
+layout), and position information comes only from ALiBi, a per-head linear bias on
+the attention scores (Press et al., 2022).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bloom_jax.compat import param
+
+# --------------------------------------------------------------------------------------
+# Positions
+# --------------------------------------------------------------------------------------
+
+
+def alibi_slopes(n_head: int) -> np.ndarray:
+  """ALiBi slopes, bit-identical to Hugging Face's `build_alibi_tensor`.
+
+  For p = 2^floor(log2 n) the slopes are 2^(-8i/p), i = 1..p; a head count that is not
+  a power of two appends the odd-indexed slopes of the 2p-head list. Like HF, the base
+  is rounded to float32 first and then raised to integer powers in float32.
+  """
+  closest = 2 ** math.floor(math.log2(n_head))
+  base = np.float32(2 ** (-(2 ** -(math.log2(closest) - 3))))
+  slopes = np.power(base, np.arange(1, closest + 1, dtype=np.float32))
+  if closest != n_head:
+    extra_base = np.float32(2 ** (-(2 ** -(math.log2(2 * closest) - 3))))
+    extra_powers = np.arange(1, 1 + 2 * (n_head - closest), 2, dtype=np.float32)
+    slopes = np.concatenate([slopes, np.power(extra_base, extra_powers)])
+  return slopes.astype(np.float32)
+
+
+def token_positions(mask: jax.Array) -> jax.Array:
+  """Position of each token counting only real ones, so left padding shifts nothing."""
+  return (jnp.cumsum(mask, axis=-1) - 1) * mask
+
+
+def alibi_bias(key_positions: jax.Array, n_head: int) -> jax.Array:
+  """[B, K] key positions -> [B, n_head, 1, K] float32 bias.
+
+  BLOOM adds slope_h * pos_k to every query row instead of the paper's -slope*(q-k):
+  the two differ by a per-row constant, which softmax ignores.
+  """
+  slopes = jnp.asarray(alibi_slopes(n_head))
+  return slopes[None, :, None, None] * key_positions[:, None, None, :].astype(jnp.float32)
+
+
+def sinusoidal_embedding(positions: jax.Array, dim: int) -> jax.Array:
+  """The classic table of Vaswani et al.: PE[p, 2i] = sin(p / 10000^(2i/dim)),
+  PE[p, 2i+1] = cos(p / 10000^(2i/dim)), evaluated at arbitrary positions."""
+  inv_freq = 1.0 / (10000.0 ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+  angles = positions[..., None].astype(jnp.float32) * inv_freq
+  table = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+  return table.reshape(*positions.shape, -1)[..., :dim]
+
+
+# --------------------------------------------------------------------------------------
+# Attention masks
+# --------------------------------------------------------------------------------------
+
+ATTENTION_MODES = ('causal', 'bidirectional', 'prefix')
+
+
+def attention_allowed(
+    key_mask: jax.Array,
+    query_offset: jax.Array | int,
+    num_queries: int,
+    mode: str,
+    prefix_mask: jax.Array | None = None,
+) -> jax.Array:
+  """[B, 1, Q, K] boolean: may query i attend to key j.
+
+  Queries are the keys at indices query_offset .. query_offset + Q - 1 (a KV cache puts
+  earlier keys in front). `causal`: keys up to the query; `bidirectional`: every real
+  key; `prefix`: causal, plus every key inside the prefix (so the prefix reads both
+  ways and what follows it reads left to right).
+  """
+  if mode not in ATTENTION_MODES:
+    raise ValueError(f'attention mode {mode!r} is not one of {ATTENTION_MODES}')
+  num_keys = key_mask.shape[-1]
+  query_index = query_offset + jnp.arange(num_queries)[:, None]
+  key_index = jnp.arange(num_keys)[None, :]
+  allowed = jnp.broadcast_to(key_mask[:, None, :] > 0, (key_mask.shape[0], num_queries, num_keys))
+  if mode == 'causal':
+    allowed &= key_index <= query_index
+  elif mode == 'prefix':
+    if prefix_mask is None:
+      raise ValueError("attention mode 'prefix' needs a prefix_mask")
+    allowed &= (key_index <= query_index) | (prefix_mask[:, None, :] > 0)
+  return allowed[:, None]
+
+
+# --------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------
+
+
+class LayerNorm(nnx.Module):
+  """y = scale * (x - mean) / sqrt(var + eps) + bias, with the two-pass variance that
+  torch uses (Flax's fast E[x^2] - E[x]^2 drifts from HF's numbers)."""
+
+  def __init__(self, dim: int, eps: float, param_dtype):
+    self.eps = eps
+    self.scale = param(jnp.ones((dim,), param_dtype), ('norm',))
+    self.bias = param(jnp.zeros((dim,), param_dtype), ('norm',))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  """Inverted dropout; a `key` of None means evaluation (identity)."""
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def _normal(rngs: nnx.Rngs, shape, std: float, dtype) -> jax.Array:
+  return std * jax.random.normal(rngs.params(), shape, dtype)
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with a fused, head-interleaved QKV projection.
+
+  The fused kernel is stored as [hidden, heads, 3, head_dim]: HF's [3H, H] weight viewed
+  as [heads, 3, head_dim, H]. Keeping the head axis explicit lets tensor parallelism
+  split heads without ever separating a head's q, k and v.
+  """
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    h, n, d = cfg.hidden_size, cfg.n_head, cfg.head_dim
+    self.n_head, self.head_dim, self.dtype = n, d, cfg.dtype
+    self.alibi_fp32 = cfg.alibi_fp32
+    self.qkv_kernel = param(
+        _normal(rngs, (h, n, 3, d), cfg.init_std, cfg.param_dtype), ('embed', 'heads', None, 'kv'))
+    self.qkv_bias = param(jnp.zeros((n, 3, d), cfg.param_dtype), ('heads', None, 'kv'))
+    self.out_kernel = param(
+        _normal(rngs, (n, d, h), cfg.init_std, cfg.param_dtype), ('heads', 'kv', 'embed'))
+    self.out_bias = param(jnp.zeros((h,), cfg.param_dtype), ('embed',))
+    self.attention_dropout = cfg.attention_dropout
+
+  def __call__(self, x, alibi, allowed, kv=None, cache_index=None, dropout_key=None):
+    """x [B, Q, H]; alibi [B, n, 1, K] float32 or None; allowed [B, 1, Q, K].
+
+    With `kv` (this layer's cache, {'k', 'v'} of [B, T, n, d]) the new keys and values
+    are written at `cache_index` and attention runs over the whole cache.
+    """
+    dt = self.dtype
+    qkv = jnp.einsum('bqh,hntd->bqntd', x, self.qkv_kernel[...].astype(dt))
+    qkv = qkv + self.qkv_bias[...].astype(dt)
+    q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
+    if kv is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(kv['k'], k.astype(kv['k'].dtype), cache_index, 1)
+      v = jax.lax.dynamic_update_slice_in_dim(kv['v'], v.astype(kv['v'].dtype), cache_index, 1)
+      kv = {'k': k, 'v': v}
+      k, v = k.astype(dt), v.astype(dt)
+    scores = jnp.einsum('bqnd,bknd->bnqk', q, k) * (1.0 / math.sqrt(self.head_dim))
+    if alibi is not None:
+      # HF adds the bias in the activation dtype, which is coarse in bf16 at long
+      # positions; `alibi_fp32` keeps it exact at no real cost.
+      scores = scores.astype(jnp.float32) + alibi if self.alibi_fp32 else scores + alibi.astype(dt)
+    # Softmax in float32 with a finite fill: fully masked rows (left padding) stay finite.
+    scores = jnp.where(allowed, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    probs = dropout(probs, self.attention_dropout, dropout_key)
+    context = jnp.einsum('bnqk,bknd->bqnd', probs, v)
+    out = jnp.einsum('bqnd,ndh->bqh', context, self.out_kernel[...].astype(dt))
+    return out + self.out_bias[...].astype(dt), kv
+
+
+class MLP(nnx.Module):
+  """h -> 4h -> h with BLOOM's tanh-approximated GeLU."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    h, f = cfg.hidden_size, 4 * cfg.hidden_size
+    self.dtype = cfg.dtype
+    self.up_kernel = param(_normal(rngs, (h, f), cfg.init_std, cfg.param_dtype), ('embed', 'mlp'))
+    self.up_bias = param(jnp.zeros((f,), cfg.param_dtype), ('mlp',))
+    self.down_kernel = param(_normal(rngs, (f, h), cfg.init_std, cfg.param_dtype), ('mlp', 'embed'))
+    self.down_bias = param(jnp.zeros((h,), cfg.param_dtype), ('embed',))
+
+  def __call__(self, x):
+    dt = self.dtype
+    y = x @ self.up_kernel[...].astype(dt) + self.up_bias[...].astype(dt)
+    y = jax.nn.gelu(y, approximate=True)
+    return y @ self.down_kernel[...].astype(dt) + self.down_bias[...].astype(dt)
+
+
+class Block(nnx.Module):
+  """x + Dropout(Attn(LN(x))), then x + Dropout(MLP(LN(x)))."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs):
+    self.input_layernorm = LayerNorm(cfg.hidden_size, cfg.layer_norm_epsilon, cfg.param_dtype)
+    self.attention = Attention(cfg, rngs=rngs)
+    self.post_attention_layernorm = LayerNorm(
+        cfg.hidden_size, cfg.layer_norm_epsilon, cfg.param_dtype)
+    self.mlp = MLP(cfg, rngs=rngs)
+    self.dropout = cfg.dropout
+
+  def __call__(self, x, alibi, allowed, kv=None, cache_index=None, dropout_key=None):
+    keys = [None] * 3 if dropout_key is None else list(jax.random.split(dropout_key, 3))
+    attn, kv = self.attention(self.input_layernorm(x), alibi, allowed, kv, cache_index, keys[0])
+    x = x + dropout(attn, self.dropout, keys[1])
+    x = x + dropout(self.mlp(self.post_attention_layernorm(x)), self.dropout, keys[2])
+    return x, kv

@@ -1,0 +1,175 @@
+"""The BLOOM language model (BigScience, 2022) as a Flax NNX module.
+
+    h_0   = LayerNorm(E[ids])                       (+ a sin/cos table if position='sinusoidal')
+    h_l   = Block_l(h_{l-1}),  l = 1..L             (scanned: compile time does not grow with L)
+    logits = LayerNorm(h_L) @ E^T                   (the LM head is tied to the embeddings)
+
+The attention mode is chosen per call: `causal` (generation), `bidirectional`
+(encoders for classification and tagging) or `prefix` (bidirectional over a source,
+causal over what follows). Parameter names mirror Hugging Face's so `bloom_jax.hf`
+is a table, not a puzzle.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bloom_jax import layers
+from bloom_jax.compat import SCAN_METADATA, param
+
+POSITIONS = ('alibi', 'sinusoidal', 'none')
+
+# Which activations the backward pass may keep instead of recomputing.
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BloomConfig:
+  vocab_size: int = 250880
+  hidden_size: int = 64
+  n_layer: int = 2
+  n_head: int = 8
+  layer_norm_epsilon: float = 1e-5
+  position: str = 'alibi'
+  dropout: float = 0.0            # on each residual branch, as HF's hidden_dropout
+  attention_dropout: float = 0.0  # on the attention probabilities
+  init_std: float = 0.02
+  dtype: str = 'float32'          # compute dtype
+  param_dtype: str = 'float32'
+  remat: str = 'none'
+  alibi_fp32: bool = False        # keep the ALiBi bias in float32 (HF casts it to `dtype`)
+
+  def __post_init__(self):
+    errors = []
+    if self.hidden_size % self.n_head:
+      errors.append(f'hidden_size ({self.hidden_size}) must be divisible by n_head ({self.n_head})')
+    for name in ('vocab_size', 'hidden_size', 'n_layer', 'n_head'):
+      if getattr(self, name) < 1:
+        errors.append(f'{name} must be positive, got {getattr(self, name)}')
+    if self.position not in POSITIONS:
+      errors.append(f'position must be one of {POSITIONS}, got {self.position!r}')
+    if self.remat not in REMAT_POLICIES:
+      errors.append(f'remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}')
+    for name in ('dtype', 'param_dtype'):
+      if getattr(self, name) not in ('float32', 'bfloat16', 'float16'):
+        errors.append(f'{name} must be float32, bfloat16 or float16, got {getattr(self, name)!r}')
+    for name in ('dropout', 'attention_dropout'):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        errors.append(f'{name} must be in [0, 1), got {getattr(self, name)}')
+    if errors:
+      raise ValueError('model.' + '; model.'.join(errors))
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.n_head
+
+  @property
+  def num_params(self) -> int:
+    h, v = self.hidden_size, self.vocab_size
+    return v * h + 2 * h + self.n_layer * (12 * h * h + 13 * h) + 2 * h
+
+
+def init_cache(cfg: BloomConfig, batch_size: int, max_length: int, dtype=None) -> dict[str, Any]:
+  """An empty key/value cache for `max_length` tokens (prompt and generated together)."""
+  shape = (cfg.n_layer, batch_size, max_length, cfg.n_head, cfg.head_dim)
+  dtype = dtype or cfg.dtype
+  return {
+      'k': jnp.zeros(shape, dtype),
+      'v': jnp.zeros(shape, dtype),
+      'mask': jnp.zeros((batch_size, max_length), jnp.int32),  # which cache slots hold tokens
+      'index': jnp.zeros((), jnp.int32),                        # next free slot
+  }
+
+
+class Bloom(nnx.Module):
+  """BLOOM trunk plus the tied LM head."""
+
+  def __init__(self, cfg: BloomConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.word_embeddings = param(
+        cfg.init_std * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size),
+                                         cfg.param_dtype), ('vocab', 'embed'))
+    self.word_embeddings_layernorm = layers.LayerNorm(
+        cfg.hidden_size, cfg.layer_norm_epsilon, cfg.param_dtype)
+
+    @nnx.split_rngs(splits=cfg.n_layer)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata=SCAN_METADATA)
+    def make_blocks(rngs):
+      return layers.Block(cfg, rngs=rngs)
+
+    self.h = make_blocks(rngs)
+    self.ln_f = layers.LayerNorm(cfg.hidden_size, cfg.layer_norm_epsilon, cfg.param_dtype)
+
+  def __call__(self, input_ids, attention_mask=None, *, mode='causal', prefix_mask=None,
+               cache=None, dropout_key=None):
+    """Float32 logits [B, S, V]; with a `cache`, returns (logits, updated cache)."""
+    hidden, cache = self.hidden_states(input_ids, attention_mask, mode=mode,
+                                       prefix_mask=prefix_mask, cache=cache,
+                                       dropout_key=dropout_key)
+    logits = self.logits(hidden)
+    return logits if cache is None else (logits, cache)
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    embeddings = self.word_embeddings[...].astype(self.cfg.dtype)
+    return jnp.einsum('...h,vh->...v', hidden, embeddings).astype(jnp.float32)
+
+  def hidden_states(self, input_ids, attention_mask=None, *, mode='causal', prefix_mask=None,
+                    cache=None, dropout_key=None):
+    """Final-LayerNorm hidden states [B, S, H] (and the updated cache, or None).
+
+    `attention_mask` [B, S] marks real tokens (1) and padding (0), left or right.
+    `prefix_mask` [B, S] marks the bidirectional prefix in mode 'prefix'. With a cache,
+    the S new tokens follow the ones already cached. `dropout_key` turns dropout on
+    (training); without it the model is deterministic.
+    """
+    cfg = self.cfg
+    batch, length = input_ids.shape
+    if attention_mask is None:
+      attention_mask = jnp.ones((batch, length), jnp.int32)
+    attention_mask = attention_mask.astype(jnp.int32)
+    if cache is None:
+      offset, key_mask, key_prefix = 0, attention_mask, prefix_mask
+    else:
+      offset = cache['index']
+      key_mask = jax.lax.dynamic_update_slice_in_dim(cache['mask'], attention_mask, offset, 1)
+      key_prefix = None if prefix_mask is None else jax.lax.dynamic_update_slice_in_dim(
+          jnp.zeros_like(key_mask), prefix_mask.astype(jnp.int32), offset, 1)
+    positions = layers.token_positions(key_mask)
+
+    x = jnp.take(self.word_embeddings[...], input_ids, axis=0).astype(cfg.dtype)
+    if cfg.position == 'sinusoidal':
+      query_positions = jax.lax.dynamic_slice_in_dim(positions, offset, length, 1)
+      x = x + layers.sinusoidal_embedding(query_positions, cfg.hidden_size).astype(cfg.dtype)
+    x = self.word_embeddings_layernorm(x)
+
+    alibi = layers.alibi_bias(positions, cfg.n_head) if cfg.position == 'alibi' else None
+    allowed = layers.attention_allowed(key_mask, offset, length, mode, key_prefix)
+    kv = None if cache is None else {'k': cache['k'], 'v': cache['v']}
+    layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layer)
+    x, kv = _scan_blocks(self.h, x, alibi, allowed, kv, offset, layer_keys, cfg.remat)
+    x = self.ln_f(x)
+    if cache is not None:
+      cache = {**kv, 'mask': key_mask, 'index': cache['index'] + length}
+    return x, cache
+
+
+def _scan_blocks(blocks, x, alibi, allowed, kv, cache_index, layer_keys, remat):
+  def apply(block, x, alibi, allowed, kv, cache_index, key):
+    return block(x, alibi, allowed, kv, cache_index, key)
+
+  if remat != 'none':
+    apply = nnx.remat(apply, policy=REMAT_POLICIES[remat])
+
+  @nnx.scan(in_axes=(nnx.Carry, 0, None, None, 0, None, 0), out_axes=(nnx.Carry, 0),
+            transform_metadata=SCAN_METADATA)
+  def step(x, block, alibi, allowed, kv, cache_index, key):
+    return apply(block, x, alibi, allowed, kv, cache_index, key)
+
+  return step(x, blocks, alibi, allowed, kv, cache_index, layer_keys)
