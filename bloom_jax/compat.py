@@ -21,3 +21,18 @@ def logical_axes(variable: nnx.Variable) -> tuple[str | None, ...] | None:
 
 
 SCAN_METADATA = {nnx.PARTITION_NAME: 'layers'}
+
+
+def to_pure_dict(state: nnx.State) -> dict:
+  """Nested dict of arrays: the layout we optimize and checkpoint (independent of how
+  NNX represents variables)."""
+  return nnx.to_pure_dict(state)
+
+
+def from_pure_dict(abstract_state: nnx.State, params: dict) -> nnx.State:
+  """The inverse of `to_pure_dict` for a state of the same structure; cheap under jit."""
+  leaves = jax.tree.leaves(params)
+  treedef = jax.tree.structure(abstract_state)
+  if treedef.num_leaves != len(leaves):
+    raise ValueError(f'parameter tree has {len(leaves)} arrays, the model {treedef.num_leaves}')
+  return jax.tree.unflatten(treedef, leaves)

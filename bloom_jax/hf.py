@@ -203,14 +203,17 @@ def _strip(name: str) -> str:
   return name.removeprefix('transformer.')
 
 
+def read_config(path: str, **overrides) -> BloomConfig:
+  """The BloomConfig of a checkpoint directory's config.json."""
+  source = os.path.join(path, 'config.json')
+  return config_from_hf(_read_json(source), source=source, **overrides)
+
+
 def load(path: str, *, dtype: str = 'float32', param_dtype: str = 'float32',
          **config_overrides) -> Bloom:
   """A `Bloom` model with the weights of a transformers BLOOM checkpoint directory."""
-  cfg = config_from_hf(_read_json(os.path.join(path, 'config.json')),
-                       source=os.path.join(path, 'config.json'), dtype=dtype,
-                       param_dtype=param_dtype, **config_overrides)
-  params = load_params(path, cfg)
-  return from_params(cfg, params)
+  cfg = read_config(path, dtype=dtype, param_dtype=param_dtype, **config_overrides)
+  return from_params(cfg, load_params(path, cfg))
 
 
 def load_params(path: str, cfg: BloomConfig) -> dict:

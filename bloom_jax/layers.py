@@ -26,16 +26,22 @@ def alibi_slopes(n_head: int) -> np.ndarray:
 
   For p = 2^floor(log2 n) the slopes are 2^(-8i/p), i = 1..p; a head count that is not
   a power of two appends the odd-indexed slopes of the 2p-head list. Like HF, the base
-  is rounded to float32 first and then raised to integer powers in float32.
+  is rounded to float32 first and then raised to integer powers with a float32 result.
+  That power is taken in float64 and rounded once, as libm's powf (torch's scalar path)
+  does; numpy's float32 power is up to 1 ulp off it. Torch's SIMD pow (SLEEF, used on
+  full blocks of vectors, e.g. n = 32 with AVX-512) can itself be 1 ulp off libm.
   """
   closest = 2 ** math.floor(math.log2(n_head))
-  base = np.float32(2 ** (-(2 ** -(math.log2(closest) - 3))))
-  slopes = np.power(base, np.arange(1, closest + 1, dtype=np.float32))
+
+  def powers(base: float, exponents: np.ndarray) -> np.ndarray:
+    return np.power(np.float64(np.float32(base)), exponents.astype(np.float64)).astype(np.float32)
+
+  slopes = powers(2 ** (-(2 ** -(math.log2(closest) - 3))), np.arange(1, closest + 1))
   if closest != n_head:
-    extra_base = np.float32(2 ** (-(2 ** -(math.log2(2 * closest) - 3))))
-    extra_powers = np.arange(1, 1 + 2 * (n_head - closest), 2, dtype=np.float32)
-    slopes = np.concatenate([slopes, np.power(extra_base, extra_powers)])
-  return slopes.astype(np.float32)
+    extra = powers(2 ** (-(2 ** -(math.log2(2 * closest) - 3))),
+                   np.arange(1, 1 + 2 * (n_head - closest), 2))
+    slopes = np.concatenate([slopes, extra])
+  return slopes
 
 
 def token_positions(mask: jax.Array) -> jax.Array:
@@ -56,7 +62,8 @@ def alibi_bias(key_positions: jax.Array, n_head: int) -> jax.Array:
 def sinusoidal_embedding(positions: jax.Array, dim: int) -> jax.Array:
   """The classic table of Vaswani et al.: PE[p, 2i] = sin(p / 10000^(2i/dim)),
   PE[p, 2i+1] = cos(p / 10000^(2i/dim)), evaluated at arbitrary positions."""
-  inv_freq = 1.0 / (10000.0 ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+  # Frequencies in float64, rounded once: a float32 exponent makes 10000^x up to ~9 ulp off.
+  inv_freq = (1.0 / 10000.0 ** (np.arange(0, dim, 2) / dim)).astype(np.float32)
   angles = positions[..., None].astype(jnp.float32) * inv_freq
   table = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)
   return table.reshape(*positions.shape, -1)[..., :dim]

@@ -1,0 +1,88 @@
+"""Config checks that run before anything is compiled, and config -> model settings.
+
+Every error names the offending key, e.g. `model.n_head: hidden_size (64) must be
+divisible by n_head (6)`, so a typo costs seconds, not a compile.
+"""
+
+import dataclasses
+
+import jax
+import ml_collections
+
+from bloom_jax import sharding
+from bloom_jax.model import BloomConfig
+
+REQUIRED = ('seed', 'total_steps', 'log_every', 'eval_every', 'checkpoint_every',
+            'mesh.data', 'mesh.fsdp', 'mesh.tensor', 'data.dir', 'model', 'optimizer', 'tasks')
+POSITIVE = ('total_steps', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints',
+            'data.batch_size', 'optimizer.grad_accum')
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message starts with the key."""
+
+
+def _lookup(config, dotted: str):
+  node = config
+  for part in dotted.split('.'):
+    if part not in node:
+      raise ConfigError(f'{dotted}: required key is missing')
+    node = node[part]
+  return node
+
+
+SHAPE_KEYS = ('vocab_size', 'hidden_size', 'n_layer', 'n_head')
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> BloomConfig:
+  """BloomConfig from `config.model`; unknown model keys are errors, not silently ignored.
+
+  The vocabulary is the tokenizer's, or `model.vocab_size` when that is larger (BLOOM
+  pads its 250,680 tokens to 250,880 rows). With `model.init_from_hf` the shape comes
+  from the checkpoint's config.json and `config.model` sets only dtypes, remat, dropout.
+  """
+  fields = {f.name for f in dataclasses.fields(BloomConfig)}
+  values = dict(config.model)
+  unknown = sorted(set(values) - fields - {'init_from_hf'})
+  if unknown:
+    raise ConfigError(f'model.{unknown[0]}: unknown key (known: {", ".join(sorted(fields))})')
+  hf_dir = values.pop('init_from_hf', '')
+  if hf_dir:
+    from bloom_jax import hf  # noqa: PLC0415 - only fine-tuning runs read HF configs
+    try:
+      hf_shape = hf.read_config(hf_dir)
+    except hf.CheckpointError as e:
+      raise ConfigError(f'model.init_from_hf: {e}') from None
+    values.update({k: getattr(hf_shape, k) for k in SHAPE_KEYS})
+  if values.get('vocab_size', 0) and values['vocab_size'] < vocab_size:
+    raise ConfigError(f'model.vocab_size: {values["vocab_size"]} is smaller than the '
+                      f'tokenizer vocabulary ({vocab_size})')
+  values['vocab_size'] = max(vocab_size, values.get('vocab_size', 0))
+  try:
+    return BloomConfig(**values)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Raises ConfigError naming the first key that cannot work."""
+  for key in REQUIRED:
+    _lookup(config, key)
+  for key in POSITIVE:
+    value = _lookup(config, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ConfigError(f'{key}: must be a positive integer, got {value!r}')
+  try:
+    sharding.mesh_shape(config.mesh, num_devices or jax.device_count())
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  model_config(config, vocab_size=max(config.tokenizer.get('vocab_size', 1), 1))
+  if config.optimizer.schedule not in ('cosine', 'linear', 'constant'):
+    raise ConfigError(f'optimizer.schedule: must be cosine, linear or constant, '
+                      f'got {config.optimizer.schedule!r}')
+  if config.optimizer.warmup_steps < 0:
+    raise ConfigError('optimizer.warmup_steps: must be >= 0')
+  if config.get('best_mode', 'max') not in ('max', 'min'):
+    raise ConfigError(f"best_mode: must be 'max' or 'min', got {config.best_mode!r}")
+  if not config.tasks:
+    raise ConfigError('tasks: the mixture has no task')

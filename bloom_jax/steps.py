@@ -1,0 +1,116 @@
+"""Pure train and eval steps: the weighted sum of per-task losses, one jitted update.
+
+    loss = sum_t w_t * L_t,   L_t = weighted mean cross-entropy of task t's sub-batch
+
+The train state is a plain pytree {params, opt_state, step, nonfinite}; the model is
+rebuilt from (graphdef, params) inside the trace, so nothing walks Python objects per
+step. A non-finite loss or gradient never reaches the parameters: the update is skipped
+and `nonfinite` records the first (step, task) where it happened, for the host to report.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from bloom_jax import compat
+
+
+def cross_entropy(logits, targets, weights):
+  """Sum of weighted token/example cross-entropies, and the sum of weights."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+  return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def task_statistics(model, task, head, batch, dropout_key=None):
+  """Loss sums and prediction counts of one task's sub-batch."""
+  logits = model(task, head, batch, dropout_key)
+  weights = batch['weights'].astype(jnp.float32)
+  nll, count = cross_entropy(logits, batch['targets'], weights)
+  correct = jnp.sum((jnp.argmax(logits, -1) == batch['targets']) * weights)
+  return {'nll': nll, 'count': count, 'correct': correct}, logits
+
+
+def multitask_loss(params, graphdef, abstract_state, tasks, batch, dropout_key):
+  """sum_t w_t * L_t and per-task statistics. `tasks`: ((name, head, loss_weight), ...)."""
+  model = nnx.merge(graphdef, compat.from_pure_dict(abstract_state, params))
+  total, stats = 0.0, {}
+  for i, (name, head, weight) in enumerate(tasks):
+    key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+    s, _ = task_statistics(model, name, head, batch[name], key)
+    s['loss'] = s['nll'] / jnp.maximum(s['count'], 1.0)
+    total = total + weight * s['loss']
+    stats[name] = s
+  return total, stats
+
+
+def _micro_batches(batch, n):
+  """Splits every sub-batch's rows into n micro-batches: [n, rows/n, ...]."""
+  return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
+
+
+def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, schedule,
+               seed, grad_accum):
+  step = state['step']
+  dropout_key = jax.random.fold_in(jax.random.key(seed), step)
+  grad_fn = jax.value_and_grad(multitask_loss, has_aux=True)
+  loss_fn = functools.partial(grad_fn, graphdef=graphdef, abstract_state=abstract_state,
+                              tasks=tasks)
+
+  if grad_accum == 1:
+    (loss, stats), grads = loss_fn(state['params'], batch=batch, dropout_key=dropout_key)
+  else:
+    def accumulate(carry, micro):
+      i, micro_batch = micro
+      (loss, stats), grads = loss_fn(state['params'], batch=micro_batch,
+                                     dropout_key=jax.random.fold_in(dropout_key, i))
+      return jax.tree.map(jnp.add, carry, (loss, stats, grads)), None
+
+    zeros = jax.eval_shape(lambda: loss_fn(state['params'], batch=jax.tree.map(
+        lambda x: x[0], _micro_batches(batch, grad_accum)), dropout_key=dropout_key))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zeros[0][0], zeros[0][1],
+                                                                  zeros[1]))
+    (loss, stats, grads), _ = jax.lax.scan(
+        accumulate, zeros, (jnp.arange(grad_accum), _micro_batches(batch, grad_accum)))
+    loss, grads = loss / grad_accum, jax.tree.map(lambda g: g / grad_accum, grads)
+    stats = {t: {**s, 'loss': s['loss'] / grad_accum} for t, s in stats.items()}
+
+  grad_norm = optax.global_norm(grads)
+  task_finite = jnp.stack([jnp.isfinite(stats[name]['loss']) for name, _, _ in tasks])
+  finite = jnp.all(task_finite) & jnp.isfinite(grad_norm)
+  updates, new_opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+  new_params = optax.apply_updates(state['params'], updates)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  first_bad_task = jnp.argmin(task_finite)  # the first non-finite task, 0 if only grads
+  nonfinite = jnp.where((state['nonfinite'][0] < 0) & ~finite,
+                        jnp.stack([step, first_bad_task]).astype(jnp.int32), state['nonfinite'])
+  new_state = {
+      'params': keep(new_params, state['params']),
+      'opt_state': keep(new_opt_state, state['opt_state']),
+      'step': step + 1,
+      'nonfinite': nonfinite,
+  }
+  metrics = {'loss': loss, 'grad_norm': grad_norm, 'learning_rate': schedule(step),
+             'skipped': (~finite).astype(jnp.int32)}
+  for name, s in stats.items():
+    metrics[f'{name}/loss'] = s['loss']
+    metrics[f'{name}/accuracy'] = s['correct'] / jnp.maximum(s['count'], 1.0)
+  return new_state, metrics
+
+
+def eval_step(params, batch, *, graphdef, abstract_state, task, head):
+  """Per-example predictions and loss sums of one eval batch (no dropout)."""
+  model = nnx.merge(graphdef, compat.from_pure_dict(abstract_state, params))
+  logits = model(task, head, batch)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.take_along_axis(log_probs, batch['targets'][..., None], axis=-1)[..., 0]
+  weights = batch['weights'].astype(jnp.float32)
+  token_axes = tuple(range(1, nll.ndim))
+  return {
+      'predictions': jnp.argmax(logits, -1),
+      'nll': jnp.sum(nll * weights, axis=token_axes),
+      'count': jnp.sum(weights, axis=token_axes),
+  }

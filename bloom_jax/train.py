@@ -1,0 +1,295 @@
+r"""Multi-task training of a BLOOM trunk: the main job.
+
+  python -m bloom_jax.train --config configs/default.py --workdir /tmp/run
+  python -m bloom_jax.train --config configs/real_multitask.py:single=sst2 --workdir ... \
+      --config.optimizer.learning_rate=3e-4
+
+Rerunning the same command on the same workdir resumes exactly where it stopped
+(parameters, optimizer, step and input position come from the newest checkpoint).
+Read top to bottom: config, mesh, data, model and optimizer, sharding, restore, step,
+loop (log, evaluate, checkpoint).
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from clu import metric_writers
+from flax import nnx
+from ml_collections import config_flags
+
+from bloom_jax import (
+  checkpointing,
+  cli,
+  compat,
+  config_lib,
+  evaluation,
+  hf,
+  optim,
+  sharding,
+  steps,
+  workdir_lock,
+)
+from bloom_jax import data as data_lib
+from bloom_jax.heads import MultiTaskModel
+from bloom_jax.model import BloomConfig
+
+FLAGS = flags.FLAGS
+
+
+class NonFiniteError(FloatingPointError):
+  """A NaN/inf loss or gradient with `skip_nonfinite=False`."""
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the final metrics line."""
+  # ---------------------------------------------------------------------- config, mesh
+  config_lib.validate(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  lock = workdir_lock.acquire(workdir) if jax.process_index() == 0 else None
+  mesh = sharding.make_mesh(config.mesh)
+  is_chief = jax.process_index() == 0
+
+  # ---------------------------------------------------------------------- input
+  multiple = sharding.data_parallel_size(mesh) * config.optimizer.grad_accum
+  pipe = data_lib.Pipeline(config, workdir=workdir, multiple=multiple)
+
+  # ---------------------------------------------------------------------- model, step
+  setup = build(config, pipe, mesh)
+  logging.info('Model: %s, %.2fM parameters', setup.model_config, setup.num_params / 1e6)
+
+  # ---------------------------------------------------------------------- restore or init
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
+                                    best_metric=config.get('best_metric', ''),
+                                    best_mode=config.get('best_mode', 'max'))
+  train_iter = pipe.train_iterator(jax.process_index(), jax.process_count())
+  start = ckpt.latest_step()
+  if start is not None:
+    state, data_state = ckpt.restore(start, setup.abstract_train_state())
+    train_iter.set_state(data_state)
+  else:
+    state = setup.init_train_state()
+  start = int(jax.device_get(state['step']))
+  evaluator = evaluation.Evaluator(config, pipe, setup.graphdef, setup.abstract_state, mesh)
+
+  # ---------------------------------------------------------------------- loop
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  metrics_file = open(os.path.join(workdir, 'metrics.jsonl'), 'a') if is_chief else None
+  progress = _Progress(start, config.total_steps)
+  preempted = _PreemptionFlag()
+  sums, last_line, window_start = None, {}, (start, time.time())
+
+  def save(step, eval_metrics=None):
+    _check_finite(state, setup.tasks, config)
+    ckpt.save(step, state, train_iter.get_state(), config.to_json(), eval_metrics)
+
+  for step in range(start + 1, config.total_steps + 1):
+    local_batch = next(train_iter)
+    batch = sharding.global_batch(local_batch, mesh)
+    state, metrics = setup.train_step(state, batch)
+    sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+
+    if step % config.log_every == 0 or step == config.total_steps:
+      elapsed = time.time() - window_start[1]
+      n = step - window_start[0]
+      line = {k: float(v) / n for k, v in jax.device_get(sums).items()}
+      line = {**{('train/' + k if '/' in k else k): v for k, v in line.items()},
+              'step': step, 'steps_per_s': n / elapsed,
+              'tokens_per_s': n * _tokens(local_batch) * jax.process_count() / elapsed}
+      line['skipped'] = round(line['skipped'] * n)
+      _check_finite(state, setup.tasks, config)
+      sums, window_start = None, (step, time.time())
+      last_line = _write(writer, metrics_file, line)
+
+    eval_metrics = None
+    if step % config.eval_every == 0 or step == config.total_steps:
+      eval_metrics = evaluator.evaluate(state['params'], 'validation')
+      last_line = _write(writer, metrics_file, {'step': step, **eval_metrics})
+    if step % config.checkpoint_every == 0 or step == config.total_steps:
+      save(step, eval_metrics)
+    progress.update(step, last_line)
+    if preempted.is_set():
+      logging.warning('SIGTERM received: saving step %d and exiting.', step)
+      if ckpt.latest_step() != step:
+        save(step)
+      break
+
+  ckpt.wait()
+  ckpt.close()
+  writer.flush()
+  if metrics_file:
+    metrics_file.close()
+  if lock:
+    lock.release()
+  return last_line
+
+
+# -------------------------------------------------------------------------- setup
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """The model, its shardings and the jitted step for one config, data and mesh."""
+
+  model_config: BloomConfig
+  tasks: tuple[tuple[str, str, float], ...]   # (name, head, loss weight)
+  graphdef: nnx.GraphDef
+  abstract_state: nnx.State
+  state_shardings: dict
+  init_train_state: Callable[[], dict]
+  abstract_train_state: Callable[[], dict]    # the restore target: shapes + shardings
+  train_step: Callable
+
+  @property
+  def num_params(self) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state))
+
+
+def build(config, pipe, mesh) -> Setup:
+  tasks = tuple((name, spec.head, float(spec.loss_weight)) for name, spec in pipe.tasks.items())
+  label_counts = {name: spec.num_labels for name, spec in pipe.tasks.items()
+                  if spec.head in ('classification', 'tagging')}
+  model_cfg = config_lib.model_config(config, vocab_size=pipe.tokenizer.vocab_size)
+  make_model = lambda: MultiTaskModel(model_cfg, label_counts, rngs=nnx.Rngs(config.seed))
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
+  optimizer = optim.make_optimizer(config.optimizer, config.total_steps)
+
+  # Parameters are created already sharded (no full copy on one device); the
+  # optimizer state takes the shardings XLA propagates from them.
+  param_shardings = compat.to_pure_dict(sharding.state_shardings(abstract_state, mesh))
+  init_params = jax.jit(lambda: compat.to_pure_dict(nnx.state(make_model())),
+                        out_shardings=param_shardings)
+  init_opt = jax.jit(optimizer.init)
+  abstract_params = jax.eval_shape(init_params)
+  opt_shardings = init_opt.lower(abstract_params).compile().output_shardings
+  replicated = sharding.replicated(mesh)
+  state_shardings = {'params': param_shardings, 'opt_state': opt_shardings,
+                     'step': replicated, 'nonfinite': replicated}
+
+  def init_train_state():
+    params = init_params()
+    if config.model.get('init_from_hf'):
+      params = _with_hf_trunk(params, config.model.init_from_hf, param_shardings)
+    return {'params': params, 'opt_state': init_opt(params),
+            'step': jnp.zeros((), jnp.int32), 'nonfinite': jnp.full((2,), -1, jnp.int32)}
+
+  def abstract_train_state():
+    shapes = {'params': abstract_params, 'opt_state': jax.eval_shape(init_opt, abstract_params),
+              'step': jax.ShapeDtypeStruct((), jnp.int32),
+              'nonfinite': jax.ShapeDtypeStruct((2,), jnp.int32)}
+    return checkpointing.abstract_like(shapes, state_shardings)
+
+  train_step = jax.jit(
+      functools.partial(steps.train_step, graphdef=graphdef, abstract_state=abstract_state,
+                        tasks=tasks, optimizer=optimizer,
+                        schedule=optim.learning_rate_schedule(config.optimizer, config.total_steps),
+                        seed=config.seed, grad_accum=config.optimizer.grad_accum),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, replicated), donate_argnums=0)
+  return Setup(model_cfg, tasks, graphdef, abstract_state, state_shardings, init_train_state,
+               abstract_train_state, train_step)
+
+
+# -------------------------------------------------------------------------- helpers
+
+
+def _tokens(local_batch) -> int:
+  """Token positions one step processes on this host (padding included)."""
+  return sum(int(np.prod(b['input_ids'].shape)) for b in local_batch.values())
+
+
+def _with_hf_trunk(params, hf_dir, param_shardings):
+  """Replaces the freshly initialised trunk with a Hugging Face checkpoint's weights."""
+  trunk_cfg = hf.read_config(hf_dir)
+  loaded = hf.load_params(hf_dir, trunk_cfg)
+  mismatched = [k for k, v in loaded.items() if k not in params['bloom']]
+  if mismatched or jax.tree.map(np.shape, loaded) != jax.tree.map(np.shape, params['bloom']):
+    raise config_lib.ConfigError(
+        f'model.init_from_hf: {hf_dir} has a trunk of another shape than config.model')
+  trunk = jax.device_put(loaded, param_shardings['bloom'])
+  return {**params, 'bloom': jax.tree.map(lambda a, b: a.astype(b.dtype), trunk, params['bloom'])}
+
+
+def _check_finite(state, tasks, config):
+  step, task = (int(x) for x in jax.device_get(state['nonfinite']))
+  if step >= 0 and not config.skip_nonfinite:
+    raise NonFiniteError(f'non-finite loss or gradient at step {step + 1} '
+                         f'(task {tasks[task][0]!r}); the update was not applied and no '
+                         'checkpoint holds it. Set skip_nonfinite=True to skip such updates.')
+
+
+def _write(writer, metrics_file, line: dict) -> dict:
+  step = line['step']
+  writer.write_scalars(step, {k: v for k, v in line.items() if k != 'step'})
+  if metrics_file:
+    metrics_file.write(json.dumps(line) + '\n')
+    metrics_file.flush()
+  return line
+
+
+class _Progress:
+  """One terminal line with the step, throughput, ETA and the latest losses."""
+
+  def __init__(self, start, total):
+    self.start, self.total, self.t0 = start, total, time.time()
+
+  def update(self, step, line):
+    done = step - self.start
+    rate = done / max(time.time() - self.t0, 1e-9)
+    eta = (self.total - step) / max(rate, 1e-9)
+    loss = f" loss {line['loss']:.4f}" if 'loss' in line else ''
+    print(f'\rstep {step}/{self.total}  {rate:.2f} steps/s  ETA {eta:5.0f}s{loss}', end='',
+          flush=True)
+    if step == self.total:
+      print()
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM (how schedulers preempt); the loop saves and exits at the next step."""
+
+  def __init__(self):
+    self._set = False
+    signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._set = True
+
+  def is_set(self) -> bool:
+    return self._set
+
+
+def initialize_distributed() -> None:
+  """Joins a multi-process run when launched as one (env JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES, JAX_PROCESS_ID); on TPU pods and SLURM jax finds these itself."""
+  address = os.environ.get('JAX_COORDINATOR_ADDRESS')
+  if not address:
+    return
+  if jax.config.jax_platforms in (None, '', 'cpu'):
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(address, int(os.environ['JAX_NUM_PROCESSES']),
+                             int(os.environ['JAX_PROCESS_ID']))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  initialize_distributed()
+  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and logs.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  cli.run(main)

@@ -1,0 +1,67 @@
+"""Default run: every head type on the built-in synthetic data, a tiny BLOOM trunk.
+
+  python -m bloom_jax.train --config configs/default.py --workdir /tmp/bloom_default
+
+Finishes in a few minutes on 2 CPU cores and needs no download.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 600              # optimizer updates
+  c.log_every = 50                 # steps between metrics.jsonl lines
+  c.eval_every = 200               # steps between validation passes
+  c.checkpoint_every = 200         # steps between (asynchronous) checkpoints
+  c.keep_checkpoints = 2           # newest checkpoints kept, besides the best one
+  c.best_metric = 'eval/sentiment/accuracy'  # checkpoint kept as "best" ('' disables)
+  c.best_mode = 'max'
+  c.skip_nonfinite = False         # True: skip an update whose loss/grads are NaN/inf
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1 fills the devices
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ''                  # root of local data files (unused by the synthetic tasks)
+  c.data.tfds_dir = ''             # TFDS data_dir + prepared arrays ('': $BLOOM_JAX_TFDS_DIR
+                                   #   or ~/.cache/bloom_jax/tfds)
+  c.data.batch_size = 64           # examples per step, all tasks together
+  c.data.rates = 'explicit'        # 'explicit' | 'size' | 'temperature'
+  c.data.temperature = 2.0         # for rates='temperature'
+  c.data.eval_batch_size = 64
+  c.data.eval_examples = 512       # cap per task and split for periodic evals (0 = all)
+
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.path = ''            # a tokenizer.json; '' trains a BPE on the mixture's train text
+  c.tokenizer.vocab_size = 512
+
+  # Tasks of the mixture: the registry (bloom_jax/tasks.py) declares them; these
+  # fields set how they train together.
+  c.tasks = ml_collections.ConfigDict()
+  for name, max_length in [('sentiment', 32), ('tagging', 32), ('summarize', 48), ('lm', 64)]:
+    c.tasks[name] = ml_collections.ConfigDict(
+        dict(rate=1.0, loss_weight=1.0, max_length=max_length))
+
+  c.model = ml_collections.ConfigDict()
+  c.model.hidden_size = 64
+  c.model.n_layer = 2
+  c.model.n_head = 4
+  c.model.position = 'alibi'       # 'alibi' | 'sinusoidal' | 'none'
+  c.model.dtype = 'float32'        # compute dtype
+  c.model.param_dtype = 'float32'
+  c.model.remat = 'none'           # 'none' | 'full' | 'dots'
+  c.model.dropout = 0.0
+  c.model.init_std = 0.02
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 3e-3
+  c.optimizer.warmup_steps = 50
+  c.optimizer.schedule = 'cosine'  # 'cosine' | 'linear' | 'constant'
+  c.optimizer.weight_decay = 0.01
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.98
+  c.optimizer.clip_norm = 1.0
+  c.optimizer.grad_accum = 1       # micro-batches per update
+  return c

@@ -1,0 +1,31 @@
+"""Test-wide setup: 8 simulated CPU devices for sharding tests, TF kept off accelerators."""
+
+import os
+
+# Must happen before jax is imported anywhere.
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> pathlib.Path | None:
+  """The shared public datasets: $BLOOM_JAX_DATA, else ../shared/data beside the repo."""
+  for candidate in (os.environ.get('BLOOM_JAX_DATA'), REPO.parent / 'shared' / 'data'):
+    if candidate and (pathlib.Path(candidate) / 'README.md').exists():
+      return pathlib.Path(candidate)
+  return None
+
+
+@pytest.fixture
+def real_data_dir():
+  path = shared_data_dir()
+  if path is None:
+    pytest.skip('shared datasets not found: set BLOOM_JAX_DATA or place them in ../shared/data')
+  return path
