@@ -3,7 +3,7 @@ program with one line naming what is wrong, not a traceback."""
 
 import sys
 
-from absl import app
+from absl import app, flags
 
 from bloom_jax import config_lib, hf, workdir_lock
 from bloom_jax.data import DataError
@@ -13,7 +13,13 @@ USER_ERRORS = (config_lib.ConfigError, DataError, hf.CheckpointError,
 
 
 def run(main) -> None:
-  """app.run(main), with user errors reported as `<program>: error: <message>`."""
+  """app.run(main), with user errors reported as `<program>: error: <message>`.
+
+  Library INFO logs (Orbax writes several lines per checkpoint) are hidden unless
+  --verbosity=0 asks for them; warnings and errors always show.
+  """
+  flags.FLAGS.set_default('verbosity', -1)
+
   def guarded(argv):
     try:
       main(argv)

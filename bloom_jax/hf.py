@@ -2,7 +2,7 @@
 
     model = bloom_jax.hf.load('path/to/bloom-560m')      # config.json + *.safetensors
     logits = model(input_ids, attention_mask=mask)         # float32 [B, S, V]
-    bloom_jax.hf.save(model, 'out/')                       # BloomForCausalLM.from_pretrained('out/')
+    bloom_jax.hf.save(model, 'out/')        # BloomForCausalLM.from_pretrained('out/') reads it
 
 The conversion is a name table plus one transform per tensor: torch Linear weights are
 [out, in] and ours [in, out]; the fused QKV keeps HF's head-interleaved order with the

@@ -101,3 +101,25 @@ def global_batch(local_batch, mesh: Mesh):
   sharding = batch_sharding(mesh)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+def like_params(tree_shapes, param_shapes, param_shardings, mesh: Mesh):
+  """Shardings for a tree holding per-parameter arrays (e.g. Adam's mu and nu): a leaf
+  whose key path ends with a parameter's path and has its shape is sharded like that
+  parameter; anything else (step counters) is replicated."""
+  def keys(path):
+    return tuple(str(k) for k in path)
+
+  params = {keys(p): (s.shape, sh) for (p, s), sh in zip(
+      jax.tree_util.tree_flatten_with_path(param_shapes)[0], jax.tree.leaves(param_shardings),
+      strict=True)}
+
+  def pick(path, leaf):
+    path = keys(path)
+    for start in range(len(path)):
+      shape, sh = params.get(path[start:], (None, None))
+      if shape == leaf.shape:
+        return sh
+    return replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(pick, tree_shapes)

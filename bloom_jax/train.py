@@ -164,14 +164,15 @@ def build(config, pipe, mesh) -> Setup:
   graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
   optimizer = optim.make_optimizer(config.optimizer, config.total_steps)
 
-  # Parameters are created already sharded (no full copy on one device); the
-  # optimizer state takes the shardings XLA propagates from them.
+  # Parameters and optimizer state are created already sharded: no full copy ever sits
+  # on one device. Adam's moments are sharded like their parameters.
   param_shardings = compat.to_pure_dict(sharding.state_shardings(abstract_state, mesh))
   init_params = jax.jit(lambda: compat.to_pure_dict(nnx.state(make_model())),
                         out_shardings=param_shardings)
-  init_opt = jax.jit(optimizer.init)
   abstract_params = jax.eval_shape(init_params)
-  opt_shardings = init_opt.lower(abstract_params).compile().output_shardings
+  opt_shardings = sharding.like_params(jax.eval_shape(optimizer.init, abstract_params),
+                                       abstract_params, param_shardings, mesh)
+  init_opt = jax.jit(optimizer.init, out_shardings=opt_shardings)
   replicated = sharding.replicated(mesh)
   state_shardings = {'params': param_shardings, 'opt_state': opt_shardings,
                      'step': replicated, 'nonfinite': replicated}
@@ -180,8 +181,9 @@ def build(config, pipe, mesh) -> Setup:
     params = init_params()
     if config.model.get('init_from_hf'):
       params = _with_hf_trunk(params, config.model.init_from_hf, param_shardings)
-    return {'params': params, 'opt_state': init_opt(params),
-            'step': jnp.zeros((), jnp.int32), 'nonfinite': jnp.full((2,), -1, jnp.int32)}
+    counters = jax.device_put({'step': np.zeros((), np.int32),
+                               'nonfinite': np.full((2,), -1, np.int32)}, replicated)
+    return {'params': params, 'opt_state': init_opt(params), **counters}
 
   def abstract_train_state():
     shapes = {'params': abstract_params, 'opt_state': jax.eval_shape(init_opt, abstract_params),

@@ -33,8 +33,13 @@ CONFIGS = [
 ]
 
 
-def _jax_logits(model, ids, mask, **kwargs):
-  return np.asarray(model(jnp.asarray(ids), jnp.asarray(mask), **kwargs))
+@nnx.jit
+def _forward(model, ids, mask):
+  return model(ids, mask)
+
+
+def _jax_logits(model, ids, mask):
+  return np.asarray(_forward(model, jnp.asarray(ids), jnp.asarray(mask)))
 
 
 def _max_real_diff(a, b, mask):
@@ -118,20 +123,18 @@ def test_explicit_lm_head_must_equal_embeddings(small_hf, batch, tmp_path):
     hf.load(untied)
 
 
-def _randomize(model: Bloom, seed: int) -> Bloom:
+def _random_model(cfg: BloomConfig, seed: int) -> Bloom:
   """Every parameter random, so LayerNorms and biases are exported with real content."""
-  state = nnx.state(model, nnx.Param)
-  leaves, treedef = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  leaves = [0.3 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
-  nnx.update(model, jax.tree.unflatten(treedef, leaves))
-  return model
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: Bloom(cfg, rngs=nnx.Rngs(0))))
+  rng = np.random.default_rng(seed)
+  state = jax.tree.map(lambda x: jnp.asarray(0.3 * rng.standard_normal(x.shape), x.dtype), state)
+  return nnx.merge(graphdef, state)
 
 
 @pytest.mark.parametrize('n_head,hidden,n_layer', [(6, 24, 2), (5, 20, 3)])
 def test_export_loads_in_transformers(tmp_path, n_head, hidden, n_layer):
   cfg = BloomConfig(vocab_size=90, hidden_size=hidden, n_head=n_head, n_layer=n_layer)
-  model = _randomize(Bloom(cfg, rngs=nnx.Rngs(3)), seed=4)
+  model = _random_model(cfg, seed=4)
   hf.save(model, str(tmp_path))
   hf_model, info = transformers.BloomForCausalLM.from_pretrained(
       str(tmp_path), output_loading_info=True)
@@ -163,7 +166,7 @@ def _hf_slopes_elementwise(hf_slopes: np.ndarray) -> np.ndarray:
   # pow(b, 1) == b exactly, so the bases can be read off HF's output.
   bases = [hf_slopes[0]] * p + [hf_slopes[p] if n > p else None] * (n - p)
   return np.array([torch.pow(torch.tensor(b), torch.tensor(e, dtype=torch.int32)).item()
-                   for b, e in zip(bases, exponents)], np.float32)
+                   for b, e in zip(bases, exponents, strict=True)], np.float32)
 
 
 @pytest.mark.parametrize('n_head', [1, 5, 6, 8, 12, 16, 32, 112])
@@ -206,12 +209,12 @@ def good_dirs(tmp_path_factory):
 
 @pytest.fixture()
 def single(good_dirs, tmp_path):
-  return shutil.copytree(good_dirs[0], tmp_path / 'ckpt')
+  return shutil.copytree(good_dirs[0], tmp_path / 'single')
 
 
 @pytest.fixture()
 def sharded(good_dirs, tmp_path):
-  return shutil.copytree(good_dirs[1], tmp_path / 'ckpt')
+  return shutil.copytree(good_dirs[1], tmp_path / 'sharded')
 
 
 def _expect_error(directory, *fragments):

@@ -349,12 +349,26 @@ def test_remat_changes_neither_forward_nor_gradients(remat):
                grad_remat, grad_plain)
 
 
-def test_remat_with_dropout_matches_plain():
-  ids = jnp.asarray(_ids(6, (2, 7)))
+def _dropout_loss(model, ids, weights, key):
+  return jnp.sum(model(ids, dropout_key=key) * weights)
+
+
+_dropout_grad = nnx.jit(nnx.value_and_grad(_dropout_loss))
+
+
+def test_remat_with_attention_dropout_matches_plain():
+  # The backward pass recomputes the attention: it must draw the same dropout mask.
+  ids = jnp.asarray(_ids(7, (2, 7)))
+  weights = jax.random.normal(jax.random.key(8), (2, 7, VOCAB))
   key = jax.random.key(3)
-  outs = [_logits(_random_model(remat=r, dropout=0.2, attention_dropout=0.1), ids,
-                  dropout_key=key) for r in ('none', 'full')]
-  np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
+  (loss, grads), (loss_remat, grads_remat) = [
+      _dropout_grad(_random_model(remat=r, attention_dropout=0.3), ids, weights, key)
+      for r in ('none', 'full')]
+  no_dropout = float(jnp.sum(_logits(_random_model(), ids) * weights))
+  assert abs(float(loss) - no_dropout) > 1e-3
+  np.testing.assert_allclose(float(loss_remat), float(loss), rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+               nnx.to_pure_dict(grads_remat), nnx.to_pure_dict(grads))
 
 
 @pytest.mark.parametrize('rates', [(0.3, 0.0), (0.0, 0.3)])
@@ -406,7 +420,7 @@ def test_bfloat16_is_close_to_float32(param_dtype, alibi_fp32):
   ids, mask = _prompt_batch()
   reference = _logits(_random_model(), ids, mask)
   model = _random_model(dtype='bfloat16', param_dtype=param_dtype, alibi_fp32=alibi_fp32)
-  logits = model(jnp.asarray(ids), jnp.asarray(mask))
+  logits = _forward(model, jnp.asarray(ids), jnp.asarray(mask))
   assert logits.dtype == jnp.float32
   logits = np.asarray(logits)
   assert np.isfinite(logits).all()

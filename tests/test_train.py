@@ -20,6 +20,12 @@ def pipe(tmp_path_factory):
                            multiple=8)
 
 
+@pytest.fixture(scope='module')
+def single_device_run(pipe):
+  single = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  return _two_steps(tiny_config(), pipe, single)
+
+
 def _two_steps(config, pipe, mesh):
   setup = train.build(config, pipe, mesh)
   state = setup.init_train_state()
@@ -32,11 +38,9 @@ def _two_steps(config, pipe, mesh):
 
 
 @pytest.mark.parametrize('mesh_axes', MESHES, ids=lambda m: 'x'.join(map(str, m.values())))
-def test_sharded_step_matches_single_device(pipe, mesh_axes):
-  config = tiny_config()
-  single = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-  ref_losses, ref_params = _two_steps(config, pipe, single)
-  losses, params = _two_steps(config, pipe, sharding.make_mesh(mesh_axes))
+def test_sharded_step_matches_single_device(pipe, single_device_run, mesh_axes):
+  ref_losses, ref_params = single_device_run
+  losses, params = _two_steps(tiny_config(), pipe, sharding.make_mesh(mesh_axes))
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), params, ref_params)
 
@@ -50,6 +54,12 @@ def test_params_are_sharded_by_the_rules(pipe):
       None, 'fsdp', 'tensor', None, None)
   assert specs['bloom']['h']['mlp']['down_kernel'] == jax.sharding.PartitionSpec(
       None, 'tensor', 'fsdp')
+  # Adam's moments follow their parameters instead of landing on one device.
+  adam = setup.state_shardings['opt_state'][1][0]
+  assert adam.mu['bloom']['word_embeddings'].spec == specs['bloom']['word_embeddings']
+  assert adam.nu['bloom']['h']['mlp']['down_kernel'].spec == specs['bloom']['h']['mlp'][
+      'down_kernel']
+  assert adam.count.spec == jax.sharding.PartitionSpec()
 
 
 def _final_params(workdir, config, pipe):
@@ -86,7 +96,7 @@ def test_stop_and_resume_is_bitwise_exact(tmp_path, pipe, monkeypatch):
   a = _final_params(str(tmp_path / 'full'), config, pipe)
   b = _final_params(str(tmp_path / 'resumed'), config, pipe)
   jax.tree.map(np.testing.assert_array_equal, a, b)
-  lines = [json.loads(x) for x in (tmp_path / 'resumed' / 'metrics.jsonl').read_text().split()]
+  lines = [json.loads(x) for x in (tmp_path / 'resumed' / 'metrics.jsonl').read_text().splitlines()]
   assert {'train/sentiment/loss', 'train/lm/loss', 'grad_norm', 'learning_rate',
           'tokens_per_s'} <= set(lines[0])
   assert any('eval/tagging/word_accuracy' in line for line in lines)
