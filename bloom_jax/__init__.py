@@ -1,0 +1,7 @@
+"""Multi-task training of BLOOM-style transformers in JAX and Flax NNX."""
+
+import os
+
+# TensorFlow only reads data here: keep its C++ start-up chatter off the terminal.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')

@@ -3,13 +3,31 @@ program with one line naming what is wrong, not a traceback."""
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from bloom_jax import config_lib, hf, workdir_lock
 from bloom_jax.data import DataError
 
 USER_ERRORS = (config_lib.ConfigError, DataError, hf.CheckpointError,
-               workdir_lock.WorkdirLockedError, FileNotFoundError, app.UsageError)
+               workdir_lock.WorkdirLockedError, OSError, app.UsageError)
+
+
+def _fail(message: str) -> None:
+  program = sys.argv[0].rsplit('/', 1)[-1]
+  print(f'{program}: error: ' + ' '.join(message.split()), file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with config overrides that name unknown keys or carry values
+  of the wrong type reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e))
+  except (AttributeError, KeyError) as e:  # ml_collections: an override of a missing key
+    _fail(f'--config: no key {str(e).strip(chr(34) + chr(39))!r} in the config (overrides '
+          'must name keys it defines)')
 
 
 def run(main) -> None:
@@ -18,14 +36,12 @@ def run(main) -> None:
   Library INFO logs (Orbax writes several lines per checkpoint) are hidden unless
   --verbosity=0 asks for them; warnings and errors always show.
   """
-  flags.FLAGS.set_default('verbosity', -1)
-
   def guarded(argv):
+    if not flags.FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.WARNING)
     try:
       main(argv)
     except USER_ERRORS as e:
-      program = sys.argv[0].rsplit('/', 1)[-1]
-      print(f'{program}: error: {e}'.replace('\n', ' '), file=sys.stderr)
-      sys.exit(2)
+      _fail(str(e))
 
-  app.run(guarded)
+  app.run(guarded, flags_parser=_parse_flags)

@@ -50,13 +50,26 @@ def token_positions(mask: jax.Array) -> jax.Array:
 
 
 def alibi_bias(key_positions: jax.Array, n_head: int) -> jax.Array:
-  """[B, K] key positions -> [B, n_head, 1, K] float32 bias.
+  """[B, K] key positions -> [B, n_head, 1, K] float32 bias, BLOOM's causal form.
 
   BLOOM adds slope_h * pos_k to every query row instead of the paper's -slope*(q-k):
-  the two differ by a per-row constant, which softmax ignores.
+  under a causal mask the two differ by a per-row constant, which softmax ignores.
   """
   slopes = jnp.asarray(alibi_slopes(n_head))
   return slopes[None, :, None, None] * key_positions[:, None, None, :].astype(jnp.float32)
+
+
+def symmetric_alibi_bias(query_positions: jax.Array, key_positions: jax.Array,
+                         n_head: int) -> jax.Array:
+  """[B, Q], [B, K] -> [B, n_head, Q, K] float32 bias -slope_h * |pos_q - pos_k|.
+
+  For keys after the query (bidirectional and prefix attention) BLOOM's form would
+  rank keys the same way for every query and so carry no relative position at all;
+  the symmetric distance keeps it. On causal keys both forms agree up to a row constant.
+  """
+  slopes = jnp.asarray(alibi_slopes(n_head))
+  distance = jnp.abs(query_positions[:, :, None] - key_positions[:, None, :])
+  return -slopes[None, :, None, None] * distance[:, None].astype(jnp.float32)
 
 
 def sinusoidal_embedding(positions: jax.Array, dim: int) -> jax.Array:
@@ -161,7 +174,8 @@ class Attention(nnx.Module):
     self.attention_dropout = cfg.attention_dropout
 
   def __call__(self, x, alibi, allowed, kv=None, cache_index=None, dropout_key=None):
-    """x [B, Q, H]; alibi [B, n, 1, K] float32 or None; allowed [B, 1, Q, K].
+    """x [B, Q, H]; alibi: None or the float32 ALiBi bias, [B, n, 1, K] or [B, n, Q, K];
+    allowed [B, 1, Q, K].
 
     With `kv` (this layer's cache, {'k', 'v'} of [B, T, n, d]) the new keys and values
     are written at `cache_index` and attention runs over the whole cache.

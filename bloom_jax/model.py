@@ -6,7 +6,9 @@
 
 The attention mode is chosen per call: `causal` (generation), `bidirectional`
 (encoders for classification and tagging) or `prefix` (bidirectional over a source,
-causal over what follows). Parameter names mirror Hugging Face's so `bloom_jax.hf`
+causal over what follows). Causal attention uses BLOOM's ALiBi exactly; the other modes
+use its symmetric form -slope*|i - j|, since BLOOM's form carries no relative position
+for keys that follow the query. Parameter names mirror Hugging Face's so `bloom_jax.hf`
 is a table, not a puzzle.
 """
 
@@ -142,14 +144,18 @@ class Bloom(nnx.Module):
       key_prefix = None if prefix_mask is None else jax.lax.dynamic_update_slice_in_dim(
           jnp.zeros_like(key_mask), prefix_mask.astype(jnp.int32), offset, 1)
     positions = layers.token_positions(key_mask)
+    query_positions = jax.lax.dynamic_slice_in_dim(positions, offset, length, 1)
 
     x = jnp.take(self.word_embeddings[...], input_ids, axis=0).astype(cfg.dtype)
     if cfg.position == 'sinusoidal':
-      query_positions = jax.lax.dynamic_slice_in_dim(positions, offset, length, 1)
       x = x + layers.sinusoidal_embedding(query_positions, cfg.hidden_size).astype(cfg.dtype)
     x = self.word_embeddings_layernorm(x)
 
-    alibi = layers.alibi_bias(positions, cfg.n_head) if cfg.position == 'alibi' else None
+    alibi = None
+    if cfg.position == 'alibi' and mode == 'causal':
+      alibi = layers.alibi_bias(positions, cfg.n_head)
+    elif cfg.position == 'alibi':
+      alibi = layers.symmetric_alibi_bias(query_positions, positions, cfg.n_head)
     allowed = layers.attention_allowed(key_mask, offset, length, mode, key_prefix)
     kv = None if cache is None else {'k': cache['k'], 'v': cache['v']}
     layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layer)

@@ -34,14 +34,18 @@ def task_statistics(model, task, head, batch, dropout_key=None):
   return {'nll': nll, 'count': count, 'correct': correct}, logits
 
 
-def multitask_loss(params, graphdef, abstract_state, tasks, batch, dropout_key):
-  """sum_t w_t * L_t and per-task statistics. `tasks`: ((name, head, loss_weight), ...)."""
+def multitask_loss(params, graphdef, abstract_state, tasks, batch, dropout_key, counts):
+  """sum_t w_t * L_t and per-task statistics. `tasks`: ((name, head, loss_weight), ...).
+
+  L_t is task t's summed cross-entropy over `counts[t]`, the weight of its whole
+  sub-batch, so summing this over micro-batches gives exactly the full batch's loss.
+  """
   model = nnx.merge(graphdef, compat.from_pure_dict(abstract_state, params))
   total, stats = 0.0, {}
   for i, (name, head, weight) in enumerate(tasks):
     key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
     s, _ = task_statistics(model, name, head, batch[name], key)
-    s['loss'] = s['nll'] / jnp.maximum(s['count'], 1.0)
+    s['loss'] = s['nll'] / jnp.maximum(counts[name], 1.0)
     total = total + weight * s['loss']
     stats[name] = s
   return total, stats
@@ -56,29 +60,31 @@ def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, sche
                seed, grad_accum):
   step = state['step']
   dropout_key = jax.random.fold_in(jax.random.key(seed), step)
-  grad_fn = jax.value_and_grad(multitask_loss, has_aux=True)
-  loss_fn = functools.partial(grad_fn, graphdef=graphdef, abstract_state=abstract_state,
-                              tasks=tasks)
+  counts = {name: jnp.sum(batch[name]['weights'].astype(jnp.float32)) for name, _, _ in tasks}
+  loss_fn = functools.partial(jax.value_and_grad(multitask_loss, has_aux=True),
+                              graphdef=graphdef, abstract_state=abstract_state, tasks=tasks,
+                              counts=counts)
 
   if grad_accum == 1:
     (loss, stats), grads = loss_fn(state['params'], batch=batch, dropout_key=dropout_key)
   else:
+    # Gradients of per-micro-batch sums add up to the full batch's gradient; only the
+    # activations of one micro-batch are alive at a time.
+    micro_batches = _micro_batches(batch, grad_accum)
+
     def accumulate(carry, micro):
       i, micro_batch = micro
-      (loss, stats), grads = loss_fn(state['params'], batch=micro_batch,
-                                     dropout_key=jax.random.fold_in(dropout_key, i))
-      return jax.tree.map(jnp.add, carry, (loss, stats, grads)), None
+      out = loss_fn(state['params'], batch=micro_batch,
+                    dropout_key=jax.random.fold_in(dropout_key, i))
+      return jax.tree.map(jnp.add, carry, out), None
 
-    zeros = jax.eval_shape(lambda: loss_fn(state['params'], batch=jax.tree.map(
-        lambda x: x[0], _micro_batches(batch, grad_accum)), dropout_key=dropout_key))
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zeros[0][0], zeros[0][1],
-                                                                  zeros[1]))
-    (loss, stats, grads), _ = jax.lax.scan(
-        accumulate, zeros, (jnp.arange(grad_accum), _micro_batches(batch, grad_accum)))
-    loss, grads = loss / grad_accum, jax.tree.map(lambda g: g / grad_accum, grads)
-    stats = {t: {**s, 'loss': s['loss'] / grad_accum} for t, s in stats.items()}
+    first = jax.tree.map(lambda x: x[0], micro_batches)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
+        lambda: loss_fn(state['params'], batch=first, dropout_key=dropout_key)))
+    ((loss, stats), grads), _ = jax.lax.scan(
+        accumulate, zeros, (jnp.arange(grad_accum), micro_batches))
 
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   task_finite = jnp.stack([jnp.isfinite(stats[name]['loss']) for name, _, _ in tasks])
   finite = jnp.all(task_finite) & jnp.isfinite(grad_norm)
   updates, new_opt_state = optimizer.update(grads, state['opt_state'], state['params'])
@@ -97,7 +103,7 @@ def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, sche
              'skipped': (~finite).astype(jnp.int32)}
   for name, s in stats.items():
     metrics[f'{name}/loss'] = s['loss']
-    metrics[f'{name}/accuracy'] = s['correct'] / jnp.maximum(s['count'], 1.0)
+    metrics[f'{name}/accuracy'] = s['correct'] / jnp.maximum(counts[name], 1.0)
   return new_state, metrics
 
 

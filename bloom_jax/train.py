@@ -10,6 +10,7 @@ Read top to bottom: config, mesh, data, model and optimizer, sharding, restore, 
 loop (log, evaluate, checkpoint).
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -25,6 +26,7 @@ import numpy as np
 from absl import app, flags, logging
 from clu import metric_writers
 from flax import nnx
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from bloom_jax import (
@@ -52,86 +54,86 @@ class NonFiniteError(FloatingPointError):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the final metrics line."""
-  # ---------------------------------------------------------------------- config, mesh
-  config_lib.validate(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  lock = workdir_lock.acquire(workdir) if jax.process_index() == 0 else None
-  mesh = sharding.make_mesh(config.mesh)
-  is_chief = jax.process_index() == 0
+  with contextlib.ExitStack() as cleanup:
+    # ---------------------------------------------------------------------- config, mesh
+    config_lib.validate(config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+      cleanup.callback(workdir_lock.acquire(workdir).release)
+    mesh = sharding.make_mesh(config.mesh)
+    is_chief = jax.process_index() == 0
 
-  # ---------------------------------------------------------------------- input
-  multiple = sharding.data_parallel_size(mesh) * config.optimizer.grad_accum
-  pipe = data_lib.Pipeline(config, workdir=workdir, multiple=multiple)
+    # ---------------------------------------------------------------------- input
+    multiple = sharding.data_parallel_size(mesh) * config.optimizer.grad_accum
+    pipe = _prepare_data(config, workdir, multiple)
 
-  # ---------------------------------------------------------------------- model, step
-  setup = build(config, pipe, mesh)
-  logging.info('Model: %s, %.2fM parameters', setup.model_config, setup.num_params / 1e6)
+    # ---------------------------------------------------------------------- model, step
+    setup = build(config, pipe, mesh)
+    logging.info('Model: %s, %.2fM parameters', setup.model_config, setup.num_params / 1e6)
 
-  # ---------------------------------------------------------------------- restore or init
-  ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
-                                    best_metric=config.get('best_metric', ''),
-                                    best_mode=config.get('best_mode', 'max'))
-  train_iter = pipe.train_iterator(jax.process_index(), jax.process_count())
-  start = ckpt.latest_step()
-  if start is not None:
-    state, data_state = ckpt.restore(start, setup.abstract_train_state())
-    train_iter.set_state(data_state)
-  else:
-    state = setup.init_train_state()
-  start = int(jax.device_get(state['step']))
-  evaluator = evaluation.Evaluator(config, pipe, setup.graphdef, setup.abstract_state, mesh)
+    # ---------------------------------------------------------------------- restore or init
+    ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
+                                      best_metric=config.get('best_metric', ''),
+                                      best_mode=config.get('best_mode', 'max'))
+    cleanup.callback(ckpt.close)  # also on errors: in-flight saves of good states finish
+    train_iter = pipe.train_iterator(jax.process_index(), jax.process_count())
+    start = ckpt.latest_step()
+    if start is not None:
+      state, data_state = ckpt.restore(start, setup.abstract_train_state())
+      train_iter.set_state(data_state)
+    else:
+      state = setup.init_train_state()
+    start = int(jax.device_get(state['step']))
+    evaluator = evaluation.Evaluator(config, pipe, setup.graphdef, setup.abstract_state, mesh)
 
-  # ---------------------------------------------------------------------- loop
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-  metrics_file = open(os.path.join(workdir, 'metrics.jsonl'), 'a') if is_chief else None
-  progress = _Progress(start, config.total_steps)
-  preempted = _PreemptionFlag()
-  sums, last_line, window_start = None, {}, (start, time.time())
+    # ---------------------------------------------------------------------- loop
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    metrics_file = None
+    if is_chief:
+      metrics_file = cleanup.enter_context(open(os.path.join(workdir, 'metrics.jsonl'), 'a'))
+    progress = _Progress(start, config.total_steps)
+    preempted = _PreemptionFlag()
+    sums, last_line, window_start = None, {}, (start, time.time())
 
-  def save(step, eval_metrics=None):
-    _check_finite(state, setup.tasks, config)
-    ckpt.save(step, state, train_iter.get_state(), config.to_json(), eval_metrics)
-
-  for step in range(start + 1, config.total_steps + 1):
-    local_batch = next(train_iter)
-    batch = sharding.global_batch(local_batch, mesh)
-    state, metrics = setup.train_step(state, batch)
-    sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-
-    if step % config.log_every == 0 or step == config.total_steps:
-      elapsed = time.time() - window_start[1]
-      n = step - window_start[0]
-      line = {k: float(v) / n for k, v in jax.device_get(sums).items()}
-      line = {**{('train/' + k if '/' in k else k): v for k, v in line.items()},
-              'step': step, 'steps_per_s': n / elapsed,
-              'tokens_per_s': n * _tokens(local_batch) * jax.process_count() / elapsed}
-      line['skipped'] = round(line['skipped'] * n)
+    def save(step, eval_metrics=None):
       _check_finite(state, setup.tasks, config)
-      sums, window_start = None, (step, time.time())
-      last_line = _write(writer, metrics_file, line)
+      ckpt.save(step, state, train_iter.get_state(), config.to_json(), eval_metrics)
 
-    eval_metrics = None
-    if step % config.eval_every == 0 or step == config.total_steps:
-      eval_metrics = evaluator.evaluate(state['params'], 'validation')
-      last_line = _write(writer, metrics_file, {'step': step, **eval_metrics})
-    if step % config.checkpoint_every == 0 or step == config.total_steps:
-      save(step, eval_metrics)
-    progress.update(step, last_line)
-    if preempted.is_set():
-      logging.warning('SIGTERM received: saving step %d and exiting.', step)
-      if ckpt.latest_step() != step:
-        save(step)
-      break
+    for step in range(start + 1, config.total_steps + 1):
+      local_batch = next(train_iter)
+      batch = sharding.global_batch(local_batch, mesh)
+      state, metrics = setup.train_step(state, batch)
+      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
 
-  ckpt.wait()
-  ckpt.close()
-  writer.flush()
-  if metrics_file:
-    metrics_file.close()
-  if lock:
-    lock.release()
-  return last_line
+      if step % config.log_every == 0 or step == config.total_steps:
+        elapsed = time.time() - window_start[1]
+        n = step - window_start[0]
+        line = {k: float(v) / n for k, v in jax.device_get(sums).items()}
+        line = {**{('train/' + k if '/' in k else k): v for k, v in line.items()},
+                'step': step, 'steps_per_s': n / elapsed,
+                'tokens_per_s': n * _tokens(local_batch) * jax.process_count() / elapsed}
+        line['skipped'] = round(line['skipped'] * n)
+        _check_finite(state, setup.tasks, config)
+        sums, window_start = None, (step, time.time())
+        last_line = _write(writer, metrics_file, line)
+
+      eval_metrics = None
+      if step % config.eval_every == 0 or step == config.total_steps:
+        eval_metrics = evaluator.evaluate(state['params'], 'validation')
+        last_line = _write(writer, metrics_file, {'step': step, **eval_metrics})
+      if step % config.checkpoint_every == 0 or step == config.total_steps:
+        save(step, eval_metrics)
+      progress.update(step, last_line)
+      if preempted.is_set():
+        logging.warning('SIGTERM received: saving step %d and exiting.', step)
+        if ckpt.latest_step() != step:
+          save(step)
+        break
+
+    ckpt.wait()
+    writer.flush()
+    return last_line
 
 
 # -------------------------------------------------------------------------- setup
@@ -203,6 +205,17 @@ def build(config, pipe, mesh) -> Setup:
 
 
 # -------------------------------------------------------------------------- helpers
+
+
+def _prepare_data(config, workdir, multiple):
+  """Process 0 prepares the data (tokenizer, arrays) first; the others then read its
+  cache instead of racing to write the same files."""
+  pipe = None
+  if jax.process_index() == 0:
+    pipe = data_lib.Pipeline(config, workdir=workdir, multiple=multiple)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('bloom_jax: data prepared')
+  return pipe or data_lib.Pipeline(config, workdir=workdir, multiple=multiple)
 
 
 def _tokens(local_batch) -> int:

@@ -1,6 +1,12 @@
 """The sharded train step, exact resume, resharding restore and config errors."""
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -9,6 +15,8 @@ import pytest
 from bloom_jax import checkpointing, config_lib, sharding, train
 from bloom_jax import data as data_lib
 from tests.tiny import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MESHES = [dict(data=8, fsdp=1, tensor=1), dict(data=2, fsdp=4, tensor=1),
           dict(data=2, fsdp=2, tensor=2)]
@@ -133,3 +141,133 @@ def test_unknown_model_key_is_named():
   config.model.n_heads = 4
   with pytest.raises(config_lib.ConfigError, match='model.n_heads'):
     config_lib.validate(config)
+
+
+WORKER = """
+import json, sys
+from bloom_jax import train
+from tests.tiny import tiny_config
+train.initialize_distributed()
+config = tiny_config()
+config.total_steps = 4
+config.eval_every = 4
+line = train.train_and_evaluate(config, sys.argv[1])
+print('RESULT ' + json.dumps(line))
+"""
+
+
+def _launch(workdir, devices, env_extra):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             **env_extra)
+  return subprocess.Popen([sys.executable, '-c', WORKER, workdir], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc):
+  out, err = proc.communicate(timeout=900)
+  assert proc.returncode == 0, err[-2000:]
+  return json.loads(next(x for x in out.splitlines() if x.startswith('RESULT '))[7:])
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_one(tmp_path):
+  """Two processes on localhost (gloo CPU collectives, 2 devices each) train the same
+  4-device run as one process with 4 devices."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  procs = [_launch(str(tmp_path / 'multi'), 2, {
+      'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}', 'JAX_NUM_PROCESSES': '2',
+      'JAX_PROCESS_ID': str(i)}) for i in range(2)]
+  multi = [_result(p) for p in procs]
+  single = _result(_launch(str(tmp_path / 'single'), 4, {}))
+  assert multi[0]['step'] == single['step'] == 4
+  for key, value in single.items():
+    if key.startswith('eval/'):
+      assert multi[0][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+
+
+def test_gradient_accumulation_equals_one_big_batch(pipe):
+  mesh = sharding.make_mesh(dict(data=8, fsdp=1, tensor=1))
+  results = []
+  for accum in (1, 2):
+    config = tiny_config()
+    config.model.dropout = 0.0
+    config.optimizer.grad_accum = accum
+    results.append(_two_steps(config, pipe, mesh))
+  (loss_1, params_1), (loss_2, params_2) = results
+  np.testing.assert_allclose(loss_2, loss_1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), params_2, params_1)
+
+
+def test_nonfinite_loss_stops_without_poisoning_checkpoints(tmp_path):
+  config = tiny_config()
+  config.optimizer.learning_rate = 1e30   # the first update blows the parameters up
+  config.optimizer.warmup_steps = 0
+  config.optimizer.clip_norm = 1e30
+  with pytest.raises(train.NonFiniteError, match=r'at step \d+ \(task'):
+    train.train_and_evaluate(config, str(tmp_path / 'stop'))
+  ckpt = checkpointing.Checkpointer(str(tmp_path / 'stop'), keep=2)
+  assert ckpt.latest_step() is None
+  ckpt.close()
+
+  config.skip_nonfinite = True
+  line = train.train_and_evaluate(config, str(tmp_path / 'skip'))
+  assert line['step'] == config.total_steps
+  lines = [json.loads(x) for x in (tmp_path / 'skip' / 'metrics.jsonl').read_text().splitlines()]
+  assert sum(x.get('skipped', 0) for x in lines) > 0
+
+
+def _run_cli(workdir, *overrides):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  return subprocess.Popen(
+      [sys.executable, '-m', 'bloom_jax.train', '--config', 'tests/tiny.py', '--workdir',
+       workdir, '--config.total_steps=12', '--config.checkpoint_every=3', *overrides],
+      cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _last_line(workdir):
+  lines = (workdir / 'metrics.jsonl').read_text().splitlines()
+  return _untimed(json.loads(lines[-1]))
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_matches(tmp_path):
+  full = _run_cli(str(tmp_path / 'full'))
+  assert full.wait(timeout=600) == 0, full.stderr.read()[-2000:]
+  rng = np.random.default_rng(0)
+  killed = tmp_path / 'killed'
+  for _ in range(2):
+    proc = _run_cli(str(killed))
+    # Kill somewhere between start-up and the end, often mid-checkpoint.
+    deadline = rng.uniform(5, 25)
+    try:
+      proc.wait(timeout=deadline)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+  final = _run_cli(str(killed))
+  assert final.wait(timeout=600) == 0, final.stderr.read()[-2000:]
+  assert _last_line(killed) == _last_line(tmp_path / 'full')
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  proc = _run_cli(str(tmp_path), '--config.total_steps=100000', '--config.checkpoint_every=1000')
+  while not (tmp_path / 'metrics.jsonl').exists():
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 0
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=2)
+  assert ckpt.latest_step() is not None and ckpt.latest_step() < 100000
+  ckpt.close()
+
+
+def test_second_trainer_on_the_same_workdir_is_refused(tmp_path):
+  from bloom_jax import workdir_lock
+  lock = workdir_lock.acquire(str(tmp_path))
+  proc = _run_cli(str(tmp_path))
+  assert proc.wait(timeout=300) == 2
+  assert 'already in use by a trainer' in proc.stderr.read().strip().splitlines()[-1]
+  lock.release()

@@ -47,13 +47,14 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 SYNTHETIC_HEADS = {'sentiment': 'classification', 'tagging': 'tagging',
                    'summarize': 'generation', 'lm': 'lm'}
-SYNTHETIC_SIZES = {'train': 8000, 'validation': 500, 'test': 500}
+SYNTHETIC_SIZES = {'train': 20000, 'validation': 500, 'test': 500}
 
 
 class SyntheticMultitask(_Builder):
   """Grammar-generated data for every head type; needs no download."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.1.0': 'One-sentence summaries; 20,000 training examples.'}
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n, description=f'{h} task')
                      for n, h in SYNTHETIC_HEADS.items()]
 

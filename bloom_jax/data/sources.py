@@ -49,7 +49,7 @@ class Synthetic:
 
   def fingerprint(self, data_dir: str) -> str:
     del data_dir
-    return f'synthetic_multitask/{self.config}/1.0.0'
+    return f'synthetic_multitask/{self.config}/1.1.0'
 
   def load(self, name: str, data_dir: str, tfds_dir: str, labels) -> tuple[dict, dict]:
     del name, data_dir, labels

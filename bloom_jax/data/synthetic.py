@@ -3,7 +3,8 @@
 Sentences are `NP VERB NP [ADP NP] .` with `NP = DET ADJ* NOUN`. Some words are both
 nouns and verbs ("watch", "fish", ...): their tag is decided by the position, so the
 tagger has to read context. Sentiment comes from positive vs negative adjectives and
-verbs, always with a clear majority. The summary of a sentence is its nouns in order.
+verbs, always with a clear majority. The summary of a sentence is its nouns in order
+(a copy task: small models learn it after a plateau of a few thousand examples).
 Everything is a pure function of the seed.
 """
 
@@ -69,7 +70,7 @@ def example(task: str, rng: np.random.Generator) -> dict:
     words = sentence(rng)
     return {'words': [w for w, _ in words], 'tags': [t for _, t in words]}
   if task == 'summarize':
-    words = sentence(rng) + sentence(rng)
+    words = sentence(rng)
     nouns = ' '.join(w for w, t in words if t == 'NOUN')
     return {'source': ' '.join(w for w, _ in words), 'targets': [nouns]}
   if task == 'lm':

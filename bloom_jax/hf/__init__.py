@@ -2,14 +2,14 @@
 
     model = bloom_jax.hf.load('path/to/bloom-560m')      # config.json + *.safetensors
     logits = model(input_ids, attention_mask=mask)         # float32 [B, S, V]
-    bloom_jax.hf.save(model, 'out/')        # BloomForCausalLM.from_pretrained('out/') reads it
+    bloom_jax.hf.save(model, 'out/')      # BloomForCausalLM.from_pretrained('out/') reads it
 
 The conversion is a name table plus one transform per tensor: torch Linear weights are
 [out, in] and ours [in, out]; the fused QKV keeps HF's head-interleaved order with the
 head axis made explicit ([3H, H] -> [H, heads, 3, head_dim]).
 
-Command line, for checkpoints written by `bloom_jax.train`:
-    python -m bloom_jax.hf import --hf_dir DIR --workdir WORKDIR   # HF weights as step 0
+Command line, between HF checkpoints and `bloom_jax.train` runs (see __main__.py):
+    python -m bloom_jax.hf import --hf_dir DIR --config CONFIG --workdir WORKDIR  # step 0
     python -m bloom_jax.hf export --workdir WORKDIR --hf_dir DIR [--step N]
 """
 

@@ -1,0 +1,67 @@
+r"""Moves trunks between Hugging Face checkpoints and bloom_jax training runs.
+
+  # A HF checkpoint becomes step 0 of a run; `bloom_jax.train` with the same workdir
+  # and config then fine-tunes it (task heads start fresh):
+  python -m bloom_jax.hf import --hf_dir bloom-560m --config configs/finetune_hf.py \
+      --workdir runs/ft
+  # The trunk and LM head of a run's checkpoint, plus its tokenizer, as a transformers
+  # BloomForCausalLM directory:
+  python -m bloom_jax.hf export --workdir runs/ft --hf_dir exported/ [--step N]
+"""
+
+import os
+
+import jax
+from absl import flags
+from ml_collections import config_flags
+
+from bloom_jax import checkpointing, cli, config_lib, evaluate, hf, sharding, train
+from bloom_jax import data as data_lib
+
+FLAGS = flags.FLAGS
+
+
+def import_checkpoint(hf_dir: str, config, workdir: str) -> None:
+  if os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise config_lib.ConfigError(f'--workdir: {workdir} already holds checkpoints; importing '
+                                 'would mix two runs')
+  config.model.init_from_hf = hf_dir
+  config_lib.validate(config)
+  mesh = sharding.make_mesh(config.mesh)
+  pipe = data_lib.Pipeline(config, workdir=workdir,
+                           multiple=sharding.data_parallel_size(mesh) * config.optimizer.grad_accum)
+  setup = train.build(config, pipe, mesh)
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
+  ckpt.save(0, setup.init_train_state(), pipe.train_iterator().get_state(), config.to_json())
+  ckpt.wait()
+  ckpt.close()
+  print(f'{hf_dir} -> {workdir} (step 0)')
+
+
+def export_checkpoint(workdir: str, hf_dir: str, step: int | None) -> None:
+  _, pipe, setup, _, params, step = evaluate.load_run(workdir, step)
+  trunk = hf.from_params(setup.model_config, jax.device_get(params['bloom']))
+  hf.save(trunk, hf_dir)
+  pipe.tokenizer.save(os.path.join(hf_dir, 'tokenizer.json'))
+  print(f'{workdir} step {step} -> {hf_dir}')
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in ('import', 'export'):
+    raise config_lib.ConfigError('usage: python -m bloom_jax.hf import|export [flags]')
+  if not FLAGS.hf_dir or not FLAGS.workdir:
+    raise config_lib.ConfigError('--hf_dir and --workdir are required')
+  if argv[1] == 'import':
+    if FLAGS.config is None:
+      raise config_lib.ConfigError('import needs --config (the run the weights start)')
+    import_checkpoint(FLAGS.hf_dir, FLAGS.config, FLAGS.workdir)
+  else:
+    export_checkpoint(FLAGS.workdir, FLAGS.hf_dir, FLAGS.step)
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('hf_dir', None, 'A transformers BLOOM checkpoint directory.')
+  flags.DEFINE_string('workdir', None, 'A bloom_jax.train workdir.')
+  flags.DEFINE_integer('step', None, 'export: checkpoint step (default: the latest).')
+  config_flags.DEFINE_config_file('config', None, 'import: the training config.')
+  cli.run(main)

@@ -1,0 +1,118 @@
+"""evaluate / predict / hf import-export on a trained tiny run, and their one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from bloom_jax import evaluate, evaluation, hf, predict, train
+from tests.tiny import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('run'))
+  config = tiny_config()
+  config.total_steps = 4
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def restored(run_dir):
+  return evaluate.load_run(run_dir)
+
+
+def _cli(*args, cwd=REPO):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  return subprocess.run([sys.executable, '-m', *args], cwd=cwd, env=env, capture_output=True,
+                        text=True, timeout=600)
+
+
+def test_evaluate_scores_every_task(restored):
+  config, pipe, setup, mesh, params, step = restored
+  assert step == 4
+  evaluator = evaluation.Evaluator(config, pipe, setup.graphdef, setup.abstract_state, mesh)
+  results = evaluator.evaluate(params, 'test', max_examples=8, prefix='test')
+  expected = {'test/sentiment/accuracy', 'test/sentiment/macro_f1', 'test/tagging/word_accuracy',
+              'test/summarize/rougeL', 'test/lm/perplexity', 'test/lm/bits_per_byte'}
+  assert expected <= set(results)
+  assert all(np.isfinite(v) for v in results.values())
+  table = evaluate.format_table(results)
+  assert 'sentiment' in table and 'rougeL' in table
+
+
+def test_predict_answers_for_every_head(restored):
+  _, pipe, setup, mesh, params, _ = restored
+  predictor = predict.Predictor(pipe, setup, mesh, params)
+  text = 'the big dog sees a happy child .'
+  [cls] = predictor.predict('sentiment', [text])
+  assert cls['label'] in pipe.tasks['sentiment'].labels
+  assert abs(sum(cls['probabilities'].values()) - 1) < 1e-4
+  [tags] = predictor.predict('tagging', [text])
+  assert [w for w, _ in tags['tags']] == text.split()
+  labels = [t for _, t in tags['tags']]
+  # Words beyond max_length (24 tokens with this tiny vocabulary) get no tag, and only those.
+  tagged = labels[:labels.index(None)] if None in labels else labels
+  assert tagged and all(t in pipe.tasks['tagging'].labels for t in tagged)
+  assert all(t is None for t in labels[len(tagged):])
+  for task in ('summarize', 'lm'):
+    a = predictor.predict(task, [text, 'a dog .'], method='sample', seed=3, temperature=1.0)
+    b = predictor.predict(task, [text, 'a dog .'], method='sample', seed=3, temperature=1.0)
+    assert a == b and all(isinstance(p['generated'], str) for p in a)
+
+
+def test_export_loads_in_transformers(restored, run_dir, tmp_path):
+  transformers = pytest.importorskip('transformers')
+  torch = pytest.importorskip('torch')
+  _, pipe, setup, _, params, _ = restored
+  out = str(tmp_path / 'hf')
+  result = _cli('bloom_jax.hf', 'export', '--workdir', run_dir, '--hf_dir', out)
+  assert result.returncode == 0, result.stderr
+  assert os.path.exists(os.path.join(out, 'tokenizer.json'))
+  theirs = transformers.BloomForCausalLM.from_pretrained(out).eval()
+  ours = hf.from_params(setup.model_config, jax.device_get(params['bloom']))
+  ids = np.array([pipe.tokenizer.encode('the big dog sees a child .')])
+  with torch.no_grad():
+    ref = theirs(input_ids=torch.tensor(ids)).logits.numpy()
+  np.testing.assert_allclose(np.asarray(ours(ids)), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--task', 'no_such_task', '--text', 'x'], "unknown task 'no_such_task'"),
+    (['--task', 'pos', '--text', 'x'], "no head for 'pos'"),
+    (['--task', 'lm'], 'exactly one of --text or --input'),
+])
+def test_predict_errors_are_one_line(run_dir, args, message):
+  result = _cli('bloom_jax.predict', '--workdir', run_dir, *args)
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert message in last and last.startswith('predict.py: error:')
+
+
+def test_predict_input_file_errors(run_dir, tmp_path):
+  empty = tmp_path / 'empty.txt'
+  empty.write_text('\n\n')
+  result = _cli('bloom_jax.predict', '--workdir', run_dir, '--task', 'lm', '--input', str(empty))
+  assert result.returncode == 2 and f'{empty}: no input texts' in result.stderr
+
+
+def test_evaluate_without_checkpoints_is_one_line(tmp_path):
+  result = _cli('bloom_jax.evaluate', '--workdir', str(tmp_path))
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].endswith(
+      f'{tmp_path}: no checkpoints (train first with bloom_jax.train)')
+
+
+def test_evaluate_cli_writes_json(run_dir):
+  result = _cli('bloom_jax.evaluate', '--workdir', run_dir, '--split', 'validation')
+  assert result.returncode == 0, result.stderr
+  written = json.load(open(os.path.join(run_dir, 'eval', 'validation_4.json')))
+  assert written['step'] == 4 and 'validation/lm/perplexity' in written
+  assert 'word_accuracy' in result.stdout and 'rougeL' in result.stdout
