@@ -12,8 +12,8 @@ padding masked out). Metrics by head type:
 import functools
 
 import jax
-import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from bloom_jax import compat, decoding, metrics, sharding, steps
 
@@ -65,10 +65,11 @@ class Evaluator:
         self.lm_graphdef, state, self._shard(batch['prompt_ids']),
         self._shard(batch['prompt_mask']), max_new_tokens=spec.target_length,
         eos_id=tok.eos_id, pad_id=tok.pad_id, method='greedy', prompt_mode='prefix')
-    tokens = np.asarray(jax.device_get(out['tokens']))
+    # Rows live on every process's devices; each host needs all of them for ROUGE.
+    tokens, lengths = multihost_utils.process_allgather((out['tokens'], out['lengths']),
+                                                        tiled=True)
     texts = []
-    for row, length, real in zip(tokens, np.asarray(jax.device_get(out['lengths'])),
-                                 batch['example_mask'], strict=True):
+    for row, length, real in zip(tokens, lengths, batch['example_mask'], strict=True):
       if real:
         texts.append(tok.decode([int(t) for t in row[:length] if t != tok.eos_id]))
     return texts

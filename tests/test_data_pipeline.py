@@ -20,6 +20,8 @@ def synthetic_config(tfds_dir):
   c.data.tfds_dir = str(tfds_dir)
   c.data.batch_size = 16
   c.tokenizer.vocab_size = 300
+  for task in c.tasks.values():
+    task.rate = 1.0
   return c
 
 
@@ -131,7 +133,8 @@ def test_eval_batches_cover_split_once_with_padding(synthetic):
   lm = next(pipe.eval_batches('lm', 'validation', 8))
   assert lm['target_bytes'].dtype == np.int32 and (lm['target_bytes'] > 0).all()
   gen = next(pipe.eval_batches('summarize', 'test', 8))
-  assert gen['prompt_ids'].shape == (8, 48 - 12 - 1)
+  spec = pipe.tasks['summarize']   # the prompt leaves room for the target and its eos
+  assert gen['prompt_ids'].shape == (8, spec.max_length - spec.target_length - 1)
   assert (gen['prompt_ids'][:, -1] == pipe.tokenizer.sep_id).all()
 
 
