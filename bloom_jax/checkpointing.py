@@ -13,7 +13,23 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 
+class CheckpointCorruptError(RuntimeError):
+  """Checkpoints exist but none of them restores."""
+
+
 class Checkpointer:
+  """Saves and restores the checkpoints under `<workdir>/checkpoints/<step>/`.
+
+  `restore_latest` tolerates a corrupt or partial newest checkpoint (truncated array
+  file, missing metadata, deleted item, e.g. after a crash mid-write): it warns naming
+  the step and falls back to the newest step that restores. The steps newer than that
+  one are then moved aside to `checkpoints/corrupt-<step>-<n>/` rather than deleted, so
+  they stay inspectable. They must leave the step numbering: Orbax refuses to save a
+  step whose directory already exists (the resumed run will reach that step again), and
+  the keep-newest-N policy would count them as newer than the intact checkpoint and
+  garbage-collect the intact one. Nothing is moved when no step restores, since then a
+  mismatched restore target is likelier than corruption of every checkpoint.
+  """
 
   def __init__(self, workdir: str, *, keep: int, best_metric: str = '', best_mode: str = 'max',
                create: bool = True):
@@ -55,6 +71,60 @@ class Checkpointer:
     ))
     logging.info('Restored checkpoint %d from %s', step, self.directory)
     return restored['state'], restored['data']
+
+  def restore_latest(self, abstract_state):
+    """(step, state, data_state) of the newest checkpoint that restores, or None if none exist.
+
+    Raises CheckpointCorruptError when checkpoints exist but none of them restores.
+    """
+    self.manager.reload()  # the step list may have changed on disk since construction
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
+      return None
+    failures = []
+    for step in steps:
+      try:
+        self._check_metadata(step)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore(),
+            config=ocp.args.JsonRestore(),  # restored only to prove the step is whole
+        ))
+      except Exception as e:  # noqa: BLE001 - Orbax, tensorstore and json raise many types
+        reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:500]
+        logging.warning('Checkpoint %d in %s does not restore, skipping it: %s',
+                        step, self.directory, reason)
+        failures.append(step)
+        continue
+      if failures:
+        self._move_aside(failures)
+      logging.info('Restored checkpoint %d from %s', step, self.directory)
+      return step, restored['state'], restored['data']
+    raise CheckpointCorruptError(
+        f'{self.directory}: no checkpoint restores (steps {", ".join(map(str, steps))}); '
+        'see the warnings above for each step')
+
+  def _check_metadata(self, step: int) -> None:
+    # Orbax restores without these (the target supplies the tree structure), but their
+    # absence means the write never finished, and the step metadata holds the metrics
+    # the best-checkpoint policy ranks by.
+    step_dir = os.path.join(self.directory, str(step))
+    for name in ('_CHECKPOINT_METADATA', os.path.join('state', '_METADATA')):
+      with open(os.path.join(step_dir, name)) as f:
+        json.load(f)
+
+  def _move_aside(self, steps) -> None:
+    if jax.process_index() == 0:
+      for step in steps:
+        source = os.path.join(self.directory, str(step))
+        n = 0
+        while os.path.exists(target := os.path.join(self.directory, f'corrupt-{step}-{n}')):
+          n += 1
+        os.rename(source, target)
+        logging.warning('Moved corrupt checkpoint %d aside to %s', step, target)
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes('bloom_jax_move_corrupt_checkpoints')
+    self.manager.reload()
 
   def restore_config(self, step: int) -> dict:
     return self.manager.restore(step, args=ocp.args.Composite(

@@ -78,9 +78,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                       best_mode=config.get('best_mode', 'max'))
     cleanup.callback(ckpt.close)  # also on errors: in-flight saves of good states finish
     train_iter = pipe.train_iterator(jax.process_index(), jax.process_count())
-    start = ckpt.latest_step()
-    if start is not None:
-      state, data_state = ckpt.restore(start, setup.abstract_train_state())
+    restored = ckpt.restore_latest(setup.abstract_train_state())  # skips corrupt steps
+    if restored is not None:
+      _, state, data_state = restored
       train_iter.set_state(data_state)
     else:
       state = setup.init_train_state()

@@ -1,0 +1,137 @@
+"""A corrupt or partial newest checkpoint: the restart falls back to the newest intact one."""
+
+import logging
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bloom_jax import checkpointing
+
+STEPS = (2, 4, 6)
+CONFIG_JSON = '{"model": "tiny"}'
+
+
+def _state(step, scale=1.0):
+  return {'params': {'w': jnp.arange(6, dtype=jnp.float32).reshape(2, 3) * step * scale,
+                     'b': jnp.full((3,), step * scale, jnp.float32)},
+          'step': jnp.asarray(step, jnp.int32)}
+
+
+def _abstract():
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      _state(1))
+
+
+def _save(workdir, steps, *, keep=3, scale=1.0):
+  ckpt = checkpointing.Checkpointer(str(workdir), keep=keep)
+  for step in steps:
+    ckpt.save(step, _state(step, scale), {'position': step * 10}, CONFIG_JSON)
+  ckpt.wait()
+  ckpt.close()
+
+
+def _restore_latest(workdir, keep=3):
+  ckpt = checkpointing.Checkpointer(str(workdir), keep=keep)
+  try:
+    return ckpt.restore_latest(_abstract())
+  finally:
+    ckpt.close()
+
+
+def _assert_state(state, step, scale=1.0):
+  jax.tree.map(lambda got, want: np.testing.assert_array_equal(np.asarray(got), np.asarray(want)),
+               state, _state(step, scale))
+
+
+def _truncate_arrays(step_dir):
+  data_files = [p for p in (step_dir / 'state').rglob('*') if p.is_file() and p.parent.name == 'd']
+  assert data_files, 'no array data files found: the on-disk layout changed'
+  for path in data_files:
+    with open(path, 'r+b') as f:
+      f.truncate(path.stat().st_size // 3)
+
+
+CORRUPTIONS = {
+    'truncated_arrays': _truncate_arrays,
+    'no_checkpoint_metadata': lambda d: (d / '_CHECKPOINT_METADATA').unlink(),
+    'no_state_metadata': lambda d: (d / 'state' / '_METADATA').unlink(),
+    'no_data_item': lambda d: shutil.rmtree(d / 'data'),
+}
+
+
+def _warnings_about(caplog, step):
+  return [r for r in caplog.records
+          if r.levelno == logging.WARNING and f'Checkpoint {step} ' in r.getMessage()]
+
+
+@pytest.mark.parametrize('corrupt', sorted(CORRUPTIONS))
+def test_falls_back_to_newest_intact_and_saves_over_corrupt_step(tmp_path, caplog, corrupt):
+  _save(tmp_path, STEPS)
+  checkpoints = tmp_path / 'checkpoints'
+  CORRUPTIONS[corrupt](checkpoints / '6')
+
+  with caplog.at_level(logging.WARNING):
+    step, state, data_state = _restore_latest(tmp_path)
+  assert step == 4
+  _assert_state(state, 4)
+  assert data_state == {'position': 40}
+  warnings = _warnings_about(caplog, 6)
+  assert len(warnings) == 1 and '\n' not in warnings[0].getMessage()
+  assert (checkpoints / '2').is_dir() and (checkpoints / '4').is_dir()
+  assert not (checkpoints / '6').exists()
+  assert (checkpoints / 'corrupt-6-0').is_dir()  # kept for inspection, not deleted
+
+  # The resumed run reaches step 6 again; that save must succeed and win.
+  _save(tmp_path, [6], scale=-1.0)
+  step, state, data_state = _restore_latest(tmp_path)
+  assert step == 6
+  _assert_state(state, 6, scale=-1.0)
+  assert data_state == {'position': 60}
+  assert (checkpoints / '2').is_dir() and (checkpoints / '4').is_dir()
+
+
+def test_keep_newest_policy_does_not_collect_the_intact_fallback(tmp_path):
+  # With keep=2 a leftover corrupt step 6 would count as one of the two newest, and the
+  # first save after resuming would garbage-collect step 4, the only intact checkpoint.
+  _save(tmp_path, STEPS, keep=2)
+  checkpoints = tmp_path / 'checkpoints'
+  _truncate_arrays(checkpoints / '6')
+  assert _restore_latest(tmp_path, keep=2)[0] == 4
+  _save(tmp_path, [5], keep=2)
+  assert (checkpoints / '4').is_dir() and (checkpoints / '5').is_dir()
+  step, state, _ = _restore_latest(tmp_path, keep=2)
+  assert step == 5
+  _assert_state(state, 5)
+
+
+def test_repeated_corruption_of_a_step_keeps_every_copy(tmp_path):
+  _save(tmp_path, STEPS)
+  checkpoints = tmp_path / 'checkpoints'
+  for _ in range(2):
+    (checkpoints / '6' / 'state' / '_METADATA').unlink()
+    assert _restore_latest(tmp_path)[0] == 4
+    _save(tmp_path, [6])
+  assert (checkpoints / 'corrupt-6-0').is_dir() and (checkpoints / 'corrupt-6-1').is_dir()
+
+
+def test_no_checkpoints_returns_none(tmp_path):
+  assert _restore_latest(tmp_path) is None
+
+
+def test_all_corrupt_raises_and_moves_nothing(tmp_path, caplog):
+  _save(tmp_path, STEPS)
+  checkpoints = tmp_path / 'checkpoints'
+  for step in STEPS:
+    (checkpoints / str(step) / 'state' / '_METADATA').unlink()
+  before = sorted(os.listdir(checkpoints))
+  with caplog.at_level(logging.WARNING), pytest.raises(checkpointing.CheckpointCorruptError) as e:
+    _restore_latest(tmp_path)
+  assert str(checkpoints) in str(e.value) and '6, 4, 2' in str(e.value)
+  for step in STEPS:
+    assert _warnings_about(caplog, step)
+  assert sorted(os.listdir(checkpoints)) == before
