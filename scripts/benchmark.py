@@ -1,0 +1,534 @@
+r"""Throughput, compile time and memory of bloom_jax against this machine and transformers.
+
+    python scripts/benchmark.py --json /tmp/bench.json          # the full run (~4 min on 2 cores)
+    python scripts/benchmark.py --quick                          # smoke test, tiny shapes (<1 min)
+
+One run measures, on one machine:
+  1. ceilings: dense matmul FLOP/s (a large jnp.dot in the compute dtype) and streaming
+     memory bandwidth (a large matrix-vector product, which reads the matrix once);
+  2. the jitted train step (forward, backward, AdamW) for configs/seed.py's model shape,
+     one LM task at batch 8 x 128 tokens: tokens/s and model-FLOPs utilisation,
+        model FLOPs / step = 6 * params * tokens + 12 * layers * hidden * seq * tokens
+     (params include the tied embedding, whose LM-head matmul is counted once);
+  3. transformers' BloomForCausalLM (PyTorch) on the same shape, batch and optimizer;
+  4. batch-1 greedy decoding of 128 new tokens after a 32-token prompt, ours (KV cache)
+     against transformers' generate(use_cache=True) on the same weights, and ours against
+     the bandwidth floor: every parameter byte is read once per token;
+  5. train-step compile time (lower + compile) at 2 and at 24 layers;
+  6. the compiled peak memory of a long-sequence step with and without remat, from
+     XLA's memory_analysis() (CPU has no allocator statistics);
+  7. the input pipeline's batches/s (configs/default.py, cached synthetic data).
+
+Every timing is the median of repeated runs after a warm-up; wall clock only.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from bloom_jax import decoding, hf, sharding, steps, train  # noqa: E402
+from bloom_jax.model import Bloom  # noqa: E402
+from configs import default as default_config  # noqa: E402
+from configs import seed as seed_config  # noqa: E402
+
+FULL = dict(hidden=512, heads=8, layers=6, vocab=10_000, batch=8, seq=128, steps=10,
+            prompt=32, new_tokens=128, decode_reps=5, long_seq=2048, long_batch=1,
+            compile_layers=(2, 24), matmul_n=2048, bandwidth_shape=(8192, 8192),
+            input_batches=200)
+QUICK = dict(hidden=64, heads=4, layers=2, vocab=512, batch=2, seq=32, steps=3,
+             prompt=8, new_tokens=16, decode_reps=2, long_seq=256, long_batch=1,
+             compile_layers=(2, 24), matmul_n=512, bandwidth_shape=(2048, 2048),
+             input_batches=20)
+
+
+def median_time(fn, reps: int, warmup: int = 1) -> tuple[float, list[float]]:
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times), times
+
+
+def cost_flops(compiled) -> float | None:
+  """XLA's own FLOP count of a compiled executable (a dict, or a list of one per device)."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # noqa: BLE001 - not every backend implements it
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float(cost['flops']) if cost and 'flops' in cost else None
+
+
+def memory_stats(compiled) -> dict:
+  m = compiled.memory_analysis()
+  stats = {k: int(getattr(m, k)) for k in (
+      'argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes',
+      'temp_size_in_bytes', 'generated_code_size_in_bytes')}
+  # Donated arguments alias outputs, so they are live once, not twice.
+  stats['peak_bytes'] = (stats['argument_size_in_bytes'] + stats['output_size_in_bytes']
+                         - stats['alias_size_in_bytes'] + stats['temp_size_in_bytes'])
+  return stats
+
+
+# ------------------------------------------------------------------------------ ceilings
+
+
+def matmul_ceiling(n: int, dtype: str, reps: int = 5) -> float:
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  dot = jax.jit(jnp.dot)
+  t, _ = median_time(lambda: dot(a, b).block_until_ready(), reps, warmup=2)
+  return 2 * n ** 3 / t
+
+
+def gemm_flops(m: int, k: int, n: int, dtype: str, reps: int = 10) -> float:
+  """FLOP/s of one [m, k] @ [k, n] product: what the step's own matmul shapes can reach."""
+  a = jax.random.normal(jax.random.key(0), (m, k), dtype)
+  b = jax.random.normal(jax.random.key(1), (k, n), dtype)
+  dot = jax.jit(jnp.dot)
+  t, _ = median_time(lambda: dot(a, b).block_until_ready(), reps, warmup=2)
+  return 2 * m * k * n / t
+
+
+def bandwidth_ceiling(shape: tuple[int, int], dtype: str, reps: int = 10) -> float:
+  # A matrix-vector product does 2 FLOPs per matrix element read: bandwidth-bound on
+  # any CPU, and the matrix is far larger than the last-level cache.
+  m = jax.random.normal(jax.random.key(0), shape, dtype)
+  v = jax.random.normal(jax.random.key(1), (shape[1],), dtype)
+  matvec = jax.jit(jnp.dot)
+  t, _ = median_time(lambda: matvec(m, v).block_until_ready(), reps, warmup=2)
+  return m.size * m.dtype.itemsize / t
+
+
+# ------------------------------------------------------------------------------ our train step
+
+
+@dataclasses.dataclass(frozen=True)
+class _Task:
+  head: str = 'lm'
+  loss_weight: float = 1.0
+  num_labels: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tokenizer:
+  vocab_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pipe:
+  """What `train.build` reads of a data pipeline: the tasks and the vocabulary size."""
+
+  tasks: dict
+  tokenizer: _Tokenizer
+
+
+def bench_config(shape: dict, **model):
+  c = seed_config.get_config()
+  c.tokenizer.vocab_size = shape['vocab']
+  c.model.hidden_size = shape['hidden']
+  c.model.n_head = shape['heads']
+  c.model.n_layer = shape['layers']
+  c.model.dropout = 0.0
+  c.model.update(model)
+  return c
+
+
+def lm_batch(rng: np.random.Generator, vocab: int, batch: int, seq: int) -> dict:
+  ids = rng.integers(4, vocab, size=(batch, seq + 1), dtype=np.int32)
+  return {'lm': {'input_ids': ids[:, :-1], 'attention_mask': np.ones((batch, seq), np.int32),
+                 'targets': ids[:, 1:], 'weights': np.ones((batch, seq), np.float32)}}
+
+
+def abstract_batch(batch: dict, mesh) -> dict:
+  spec = sharding.batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=spec), batch)
+
+
+def build(config, vocab: int, mesh):
+  pipe = _Pipe({'lm': _Task()}, _Tokenizer(vocab))
+  return train.build(config, pipe, mesh)
+
+
+def train_flops_per_step(cfg, batch: int, seq: int) -> float:
+  tokens = batch * seq
+  return 6 * cfg.num_params * tokens + 12 * cfg.n_layer * cfg.hidden_size * seq * tokens
+
+
+def bench_train(shape: dict, mesh) -> dict:
+  config = bench_config(shape)
+  setup = build(config, shape['vocab'], mesh)
+  host_batch = lm_batch(np.random.default_rng(0), shape['vocab'], shape['batch'], shape['seq'])
+  batch = sharding.global_batch(host_batch, mesh)
+  state = setup.init_train_state()
+  # Stepping the executable that was analysed times exactly the program XLA counted
+  # (and compiles once: jit's own cache does not see an explicit lower/compile).
+  compiled = setup.train_step.lower(state, batch).compile()
+  holder = {'state': state}
+
+  def step():
+    holder['state'], metrics = compiled(holder['state'], batch)
+    jax.block_until_ready((holder['state'], metrics))
+    holder['loss'] = float(metrics['loss'])
+
+  t, times = median_time(step, shape['steps'], warmup=2)
+
+  # The forward pass alone: a step near 3x this spends its time where the model FLOPs
+  # say it should (backward = 2x forward); much more points at the update or overheads.
+  counts = {'lm': jnp.sum(batch['lm']['weights'])}
+  forward = jax.jit(lambda params, batch: steps.multitask_loss(
+      params, setup.graphdef, setup.abstract_state, setup.tasks, batch, None, counts)[0])
+  params = holder['state']['params']
+  t_fwd, _ = median_time(lambda: forward(params, batch).block_until_ready(),
+                         max(shape['steps'] // 2, 3), warmup=1)
+  tokens = shape['batch'] * shape['seq']
+  return {'step_s': t, 'step_times_s': times, 'forward_s': t_fwd, 'tokens': tokens,
+          'loss': holder['loss'],
+          'num_params': setup.model_config.num_params,
+          'model_flops': train_flops_per_step(setup.model_config, shape['batch'], shape['seq']),
+          'xla_flops': cost_flops(compiled)}
+
+
+def bench_hf_train(shape: dict) -> dict:
+  import torch
+  import transformers
+
+  cfg = transformers.BloomConfig(vocab_size=shape['vocab'], hidden_size=shape['hidden'],
+                                 n_layer=shape['layers'], n_head=shape['heads'],
+                                 hidden_dropout=0.0, attention_dropout=0.0)
+  torch.manual_seed(0)
+  model = transformers.BloomForCausalLM(cfg).train()
+  opt_cfg = seed_config.get_config().optimizer
+  # The same update as ours: global-norm clipping, then AdamW with our betas and eps.
+  optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg.learning_rate,
+                                betas=(opt_cfg.b1, opt_cfg.b2), eps=1e-8,
+                                weight_decay=opt_cfg.weight_decay)
+  host = lm_batch(np.random.default_rng(0), shape['vocab'], shape['batch'], shape['seq'])['lm']
+  ids = torch.from_numpy(host['input_ids']).long()
+  mask = torch.from_numpy(host['attention_mask']).long()
+  holder = {}
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), opt_cfg.clip_norm)
+    optimizer.step()
+    holder['loss'] = loss.item()
+
+  t, times = median_time(step, shape['steps'], warmup=2)
+  return {'step_s': t, 'step_times_s': times, 'loss': holder['loss'],
+          'num_params': sum(p.numel() for p in model.parameters()),
+          'attn_implementation': getattr(model.config, '_attn_implementation', None)}
+
+
+# ------------------------------------------------------------------------------ decoding
+
+
+def bench_decode(shape: dict) -> dict:
+  import torch
+  import transformers
+
+  config = bench_config(shape)
+  from bloom_jax import config_lib
+  cfg = config_lib.model_config(config, vocab_size=shape['vocab'])
+  model = Bloom(cfg, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  rng = np.random.default_rng(1)
+  prompt = rng.integers(4, shape['vocab'], size=(1, shape['prompt']), dtype=np.int32)
+  prompt_mask = np.ones_like(prompt)
+  new = shape['new_tokens']
+  # eos_id -1 never matches, so both sides generate exactly `new` tokens.
+  run = lambda: decoding.generate(graphdef, state, jnp.asarray(prompt), jnp.asarray(prompt_mask),
+                                  max_new_tokens=new, eos_id=-1, pad_id=3, method='greedy')
+  holder = {}
+
+  def ours():
+    out = run()
+    holder['ours'] = np.asarray(jax.block_until_ready(out['tokens']))[0]
+
+  t0 = time.perf_counter()
+  ours()
+  first_call_s = time.perf_counter() - t0
+  t_ours, times_ours = median_time(ours, shape['decode_reps'], warmup=1)
+  # The prompt pass plus one token: subtracting it leaves the per-token loop alone.
+  prefill = lambda: jax.block_until_ready(decoding.generate(
+      graphdef, state, jnp.asarray(prompt), jnp.asarray(prompt_mask), max_new_tokens=1,
+      eos_id=-1, pad_id=3, method='greedy')['tokens'])
+  t_prefill, _ = median_time(prefill, shape['decode_reps'], warmup=1)
+
+  with tempfile.TemporaryDirectory() as tmp:
+    hf.save(model, tmp)
+    theirs_model = transformers.BloomForCausalLM.from_pretrained(tmp).eval()
+  ids = torch.from_numpy(prompt).long()
+  mask = torch.from_numpy(prompt_mask).long()
+
+  def theirs():
+    with torch.inference_mode():
+      out = theirs_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new,
+                                  min_new_tokens=new, do_sample=False, use_cache=True,
+                                  pad_token_id=3)
+    holder['theirs'] = out[0, ids.shape[1]:].numpy()
+
+  t_theirs, times_theirs = median_time(theirs, shape['decode_reps'], warmup=1)
+  a, b = holder['ours'], holder['theirs']
+  differ = a != b if len(a) == len(b) else np.ones(1, bool)
+  agree = int(np.argmax(differ)) if np.any(differ) else len(a)
+  return {'new_tokens': new, 'prompt': shape['prompt'], 'ours_s': t_ours,
+          'ours_times_s': times_ours, 'ours_prefill_s': t_prefill,
+          # None when timing noise swamps the loop (tiny --quick shapes).
+          'ours_per_token_s': ((t_ours - t_prefill) / (new - 1)
+                               if new > 1 and t_ours > t_prefill else None),
+          'ours_first_call_s': first_call_s, 'hf_s': t_theirs,
+          'hf_times_s': times_theirs, 'hf_generated': int(len(b)),
+          'greedy_tokens_identical_prefix': agree, 'hf_dtype': str(theirs_model.dtype),
+          'param_bytes': int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))),
+          'kv_cache_bytes_at_end': int(2 * cfg.n_layer * (shape['prompt'] + new) * cfg.hidden_size
+                                       * jnp.dtype(cfg.dtype).itemsize)}
+
+
+# ------------------------------------------------------------------------------ compile, memory
+
+
+def compile_seconds(shape: dict, layers: int, mesh) -> dict:
+  config = bench_config(shape, n_layer=layers)
+  setup = build(config, shape['vocab'], mesh)
+  host = lm_batch(np.random.default_rng(0), shape['vocab'], shape['batch'], shape['seq'])
+  args = (setup.abstract_train_state(), abstract_batch(host, mesh))
+  t0 = time.perf_counter()
+  lowered = setup.train_step.lower(*args)
+  t1 = time.perf_counter()
+  lowered.compile()
+  t2 = time.perf_counter()
+  return {'lower_s': t1 - t0, 'compile_s': t2 - t1, 'total_s': t2 - t0}
+
+
+def remat_memory(shape: dict, remat: str, mesh) -> dict:
+  config = bench_config(shape, remat=remat)
+  setup = build(config, shape['vocab'], mesh)
+  host = lm_batch(np.random.default_rng(0), shape['vocab'], shape['long_batch'], shape['long_seq'])
+  compiled = setup.train_step.lower(setup.abstract_train_state(),
+                                    abstract_batch(host, mesh)).compile()
+  return {**memory_stats(compiled), 'xla_flops': cost_flops(compiled)}
+
+
+# ------------------------------------------------------------------------------ input pipeline
+
+
+def bench_input(num_batches: int) -> dict:
+  from bloom_jax import data as data_lib
+
+  config = default_config.get_config()
+  t0 = time.perf_counter()
+  pipe = data_lib.Pipeline(config)
+  setup_s = time.perf_counter() - t0
+  it = pipe.train_iterator()
+  next(it)
+  t0 = time.perf_counter()
+  for _ in range(num_batches):
+    batch = next(it)
+  elapsed = time.perf_counter() - t0
+  rows = sum(len(b['input_ids']) for b in batch.values())
+  return {'batches_per_s': num_batches / elapsed, 'pipeline_setup_s': setup_s,
+          'rows_per_batch': rows, 'batch_size_config': int(config.data.batch_size)}
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def fmt_rate(x: float, unit: str) -> str:
+  for scale, prefix in ((1e12, 'T'), (1e9, 'G'), (1e6, 'M'), (1e3, 'k')):
+    if abs(x) >= scale:
+      return f'{x / scale:.2f} {prefix}{unit}'
+  return f'{x:.2f} {unit}'
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--json', default='', help='also write the results to this file')
+  parser.add_argument('--quick', action='store_true', help='tiny shapes: a smoke test')
+  parser.add_argument('--steps', type=int, default=0,
+                      help='timed train steps per framework (default 10, quick 3)')
+  args = parser.parse_args(argv)
+  shape = dict(QUICK if args.quick else FULL)
+  if args.steps:
+    shape['steps'] = args.steps
+
+  import torch
+  cores = len(os.sched_getaffinity(0))
+  # XLA's CPU backend runs its intra-op pool on every core; torch gets the same count.
+  torch.set_num_threads(cores)
+  mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+  dtype = seed_config.get_config().model.dtype
+  started = time.perf_counter()
+  log = lambda msg: print(f'[{time.perf_counter() - started:6.1f}s] {msg}', file=sys.stderr,
+                          flush=True)
+  env = {'jax': jax.__version__, 'torch': torch.__version__,
+         'transformers': __import__('transformers').__version__,
+         'backend': jax.default_backend(), 'devices': jax.device_count(), 'cores': cores,
+         'torch_threads': torch.get_num_threads(),
+         'cpu': platform.processor() or platform.machine(),
+         'compilation_cache_dir': jax.config.jax_compilation_cache_dir,
+         'load_avg_at_start': os.getloadavg(), 'quick': args.quick, 'dtype': dtype}
+
+  log('ceilings')
+  flops_ceiling = matmul_ceiling(shape['matmul_n'], dtype)
+  bandwidth = bandwidth_ceiling(shape['bandwidth_shape'], dtype)
+  rows_per_step = shape['batch'] * shape['seq']
+  step_gemms = {
+      'mlp_up': gemm_flops(rows_per_step, shape['hidden'], 4 * shape['hidden'], dtype),
+      'vocab_projection': gemm_flops(rows_per_step, shape['hidden'], shape['vocab'], dtype),
+  }
+  log('our train step')
+  ours = bench_train(shape, mesh)
+  log('transformers train step')
+  theirs = bench_hf_train(shape)
+  log('decoding')
+  dec = bench_decode(shape)
+  log('compile time')
+  compiles = {n: compile_seconds(shape, n, mesh) for n in shape['compile_layers']}
+  log('remat memory')
+  memory = {r: remat_memory(shape, r, mesh) for r in ('none', 'full')}
+  log('input pipeline')
+  inputs = bench_input(shape['input_batches'])
+  env['load_avg_at_end'] = os.getloadavg()
+
+  tokens = ours['tokens']
+  train_tps = tokens / ours['step_s']
+  hf_tps = tokens / theirs['step_s']
+  achieved = ours['model_flops'] / ours['step_s']
+  decode_tps = dec['new_tokens'] / dec['ours_s']
+  hf_decode_tps = dec['new_tokens'] / dec['hf_s']
+  floor_tps = bandwidth / (dec['param_bytes'] + dec['kv_cache_bytes_at_end'])
+  loop_fraction = 1 / dec['ours_per_token_s'] / floor_tps if dec['ours_per_token_s'] else None
+  few, many = shape['compile_layers']
+  attention_flops = 12 * shape['layers'] * shape['hidden'] * shape['seq'] * tokens
+  vocab_flops = 6 * shape['vocab'] * shape['hidden'] * tokens
+  results = {
+      'matmul_flops_per_s': flops_ceiling,
+      'bandwidth_bytes_per_s': bandwidth,
+      'gemm_flops_per_s_at_step_shapes': step_gemms,
+      'train_tokens_per_s': train_tps,
+      'train_steps_per_s': 1.0 / ours['step_s'],
+      'hf_train_tokens_per_s': hf_tps,
+      'train_ratio_vs_hf': train_tps / hf_tps,
+      # Best steps on both sides: PyTorch's spinning OpenMP threads slow down far more
+      # than XLA's when another process shares the cores, which skews the medians.
+      'train_ratio_vs_hf_best_steps': min(theirs['step_times_s']) / min(ours['step_times_s']),
+      'model_flops_per_step': ours['model_flops'],
+      'xla_flops_per_step': ours['xla_flops'],
+      'achieved_model_flops_per_s': achieved,
+      'mfu_vs_measured_ceiling': achieved / flops_ceiling,
+      'xla_flops_utilisation': (ours['xla_flops'] / ours['step_s'] / flops_ceiling
+                                if ours['xla_flops'] else None),
+      'attention_share_of_model_flops': attention_flops / ours['model_flops'],
+      'vocab_projection_share_of_model_flops': vocab_flops / ours['model_flops'],
+      'decode_tokens_per_s': decode_tps,
+      'hf_decode_tokens_per_s': hf_decode_tps,
+      'decode_ratio_vs_hf': decode_tps / hf_decode_tps,
+      'decode_ratio_vs_hf_best_runs': min(dec['hf_times_s']) / min(dec['ours_times_s']),
+      'decode_bandwidth_floor_tokens_per_s': floor_tps,
+      'decode_fraction_of_bandwidth_floor': decode_tps / floor_tps,
+      'decode_loop_fraction_of_bandwidth_floor': loop_fraction,
+      f'compile_s_{few}_layers': compiles[few]['total_s'],
+      f'compile_s_{many}_layers': compiles[many]['total_s'],
+      'compile_ratio': compiles[many]['total_s'] / compiles[few]['total_s'],
+      'remat_peak_memory_reduction': (1 - memory['full']['peak_bytes']
+                                      / memory['none']['peak_bytes']),
+      'remat_temp_memory_reduction': (1 - memory['full']['temp_size_in_bytes']
+                                      / max(memory['none']['temp_size_in_bytes'], 1)),
+      'input_batches_per_s': inputs['batches_per_s'],
+      'details': {'shape': {k: list(v) if isinstance(v, tuple) else v for k, v in shape.items()},
+                  'env': env, 'train': ours, 'hf_train': theirs, 'decode': dec,
+                  'compile': {str(k): v for k, v in compiles.items()},
+                  'remat_memory': memory, 'input': inputs},
+  }
+  targets = [
+      ('train step >= 1.3x transformers tokens/s', results['train_ratio_vs_hf'] >= 1.3),
+      ('train step >= 70% of matmul ceiling (MFU)', results['mfu_vs_measured_ceiling'] >= 0.7),
+      ('decoding >= 3x transformers tokens/s', results['decode_ratio_vs_hf'] >= 3.0),
+      ('decoding >= 60% of bandwidth floor', results['decode_fraction_of_bandwidth_floor'] >= 0.6),
+      (f'{many}-layer compile <= 1.5x {few}-layer', results['compile_ratio'] <= 1.5),
+      ('remat cuts long-sequence peak memory >= 40%',
+       results['remat_peak_memory_reduction'] >= 0.4),
+  ]
+  results['targets'] = {name: bool(ok) for name, ok in targets}
+  log('done')
+
+  mib = lambda b: f'{b / 2 ** 20:.1f} MiB'
+  rows = [
+      ('machine', f"{cores} cores, jax {env['jax']} ({env['backend']}), torch {env['torch']} "
+                  f"({env['torch_threads']} threads), transformers {env['transformers']}"),
+      ('matmul ceiling', f"{fmt_rate(flops_ceiling, 'FLOP/s')} ({dtype}, n={shape['matmul_n']})"),
+      ('GEMMs at step shapes', ', '.join(f"{k} {fmt_rate(v, 'FLOP/s')}"
+                                         for k, v in step_gemms.items())),
+      ('bandwidth ceiling', f"{fmt_rate(bandwidth, 'B/s')} (matvec {shape['bandwidth_shape']})"),
+      ('train shape', f"hidden {shape['hidden']}, {shape['layers']} layers, "
+                      f"{shape['heads']} heads, "
+                      f"vocab {shape['vocab']}, batch {shape['batch']} x {shape['seq']}, "
+                      f"{ours['num_params'] / 1e6:.2f}M params"),
+      ('train step (ours)', f"{ours['step_s'] * 1e3:.1f} ms, {train_tps:,.0f} tokens/s, "
+                            f"{1 / ours['step_s']:.2f} steps/s"),
+      ('forward pass (ours)', f"{ours['forward_s'] * 1e3:.1f} ms "
+                              f"(step = {ours['step_s'] / ours['forward_s']:.2f}x forward)"),
+      ('train step (transformers)', f"{theirs['step_s'] * 1e3:.1f} ms, {hf_tps:,.0f} tokens/s"),
+      ('train ratio ours/HF', f"{results['train_ratio_vs_hf']:.2f}x (best steps: "
+                              f"{results['train_ratio_vs_hf_best_steps']:.2f}x)"),
+      ('model FLOPs/step', f"{ours['model_flops'] / 1e9:.2f} G (XLA counts "
+                           f"{(ours['xla_flops'] or 0) / 1e9:.2f} G)"),
+      ('MFU vs measured ceiling', f"{results['mfu_vs_measured_ceiling']:.1%} "
+                                  f"({fmt_rate(achieved, 'FLOP/s')})"),
+      ('decode (ours)', f"{decode_tps:,.1f} tokens/s ({dec['ours_s']:.3f} s for "
+                        f"{dec['new_tokens']} tokens)"),
+      ('decode (transformers)', f"{hf_decode_tps:,.1f} tokens/s ({dec['hf_s']:.3f} s)"),
+      ('decode ratio ours/HF', f"{results['decode_ratio_vs_hf']:.2f}x (best runs: "
+                               f"{results['decode_ratio_vs_hf_best_runs']:.2f}x); greedy tokens "
+                               f"agree for "
+                               f"the first {dec['greedy_tokens_identical_prefix']}"),
+      ('decode vs bandwidth floor', f"{results['decode_fraction_of_bandwidth_floor']:.1%} "
+                                    f"(floor {floor_tps:,.0f} tokens/s); loop alone "
+                                    f"{loop_fraction or 0:.1%}, "
+                                    f"prefill {dec['ours_prefill_s'] * 1e3:.1f} ms"),
+      (f'compile {few} / {many} layers', f"{compiles[few]['total_s']:.2f} s / "
+                                         f"{compiles[many]['total_s']:.2f} s "
+                                         f"({results['compile_ratio']:.2f}x)"),
+      (f"peak memory, {shape['long_batch']}x{shape['long_seq']} tokens",
+       f"remat none {mib(memory['none']['peak_bytes'])}, full {mib(memory['full']['peak_bytes'])} "
+       f"(-{results['remat_peak_memory_reduction']:.1%}; temp "
+       f"-{results['remat_temp_memory_reduction']:.1%})"),
+      ('input pipeline', f"{inputs['batches_per_s']:,.0f} batches/s "
+                         f"({inputs['rows_per_batch']} rows, configs/default.py) vs "
+                         f"{1 / ours['step_s']:.2f} train steps/s"),
+  ]
+  rows.append(('load average start/end', f"{env['load_avg_at_start'][0]:.2f} / "
+                                         f"{env['load_avg_at_end'][0]:.2f} (1 min)"))
+  width = max(len(k) for k, _ in rows)
+  print('\n'.join(f'{k:<{width}}  {v}' for k, v in rows))
+  print('\ntargets:')
+  for name, ok in targets:
+    print(f"  [{'met' if ok else 'MISSED'}] {name}")
+  if args.json:
+    with open(args.json, 'w', encoding='utf-8') as f:
+      json.dump(results, f, indent=2, default=float)
+  return results
+
+
+if __name__ == '__main__':
+  main()
