@@ -5,6 +5,7 @@ validation metric. Restoring goes into an abstract target that carries the shard
 the *current* mesh, so a checkpoint written on one mesh shape restores on another.
 """
 
+import contextlib
 import json
 import os
 
@@ -15,6 +16,10 @@ from absl import logging
 
 class CheckpointCorruptError(RuntimeError):
   """Checkpoints exist but none of them restores."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (disk full, unwritable directory, ...)."""
 
 
 class Checkpointer:
@@ -44,7 +49,10 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     if not create and not os.path.isdir(self.directory):
       raise FileNotFoundError(f'{workdir}: no checkpoints (train first with bloom_jax.train)')
+    if create:  # here, not in Orbax's save thread, where a failure only shows as a timeout
+      os.makedirs(self.directory, exist_ok=True)
     self.best_metric = best_metric
+    self._in_flight = None  # the step whose asynchronous write may still fail
     self.manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=('state', 'data', 'config'))
 
@@ -55,13 +63,45 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state, data_state: dict, config_json: str, metrics=None) -> None:
+    """Starts writing `step` in the background; raises CheckpointWriteError if this or the
+    previous asynchronous write failed.
+
+    A failed write leaves only `<step>.orbax-checkpoint-tmp` behind: Orbax renames a step
+    into place once all of it is on disk, and deletes old steps only after that, so the
+    earlier checkpoints stay whole and the next start resumes from the newest of them.
+    """
     if metrics is not None and self.best_metric not in metrics:
       metrics = None
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state),
-        config=ocp.args.JsonSave(json.loads(config_json)),
-    ), metrics=metrics, force=True)
+    with self._write_errors(step):
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(data_state),
+          config=ocp.args.JsonSave(json.loads(config_json)),
+      ), metrics=metrics, force=True)
+
+  @contextlib.contextmanager
+  def _write_errors(self, step: int | None):
+    # An asynchronous write fails at the next save() or wait(): name the step in flight.
+    in_flight = self._in_flight
+    self._in_flight = step if step is not None else in_flight
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - Orbax wraps tensorstore's OS errors in many types
+      failed = in_flight if in_flight is not None else step
+      reason = ' '.join(f'{type(e).__name__}: {e}'.split())
+      if len(reason) > 400:  # tensorstore puts the OS error (errno text) at the end
+        reason = f'{reason[:150]} ... {reason[-250:]}'
+      intact = ', '.join(map(str, self._committed_steps())) or 'none'
+      raise CheckpointWriteError(
+          f'{self.directory}: checkpoint {failed} could not be written ({reason}); the earlier '
+          f'checkpoints are untouched (intact steps: {intact})') from e
+
+  def _committed_steps(self) -> list[int]:
+    try:
+      names = os.listdir(self.directory)
+    except OSError:
+      return []
+    return sorted(int(n) for n in names if n.isdigit())
 
   def restore(self, step: int, abstract_state):
     """(state, data_state) of `step`, laid out as `abstract_state`'s shardings say."""
@@ -131,10 +171,14 @@ class Checkpointer:
         config=ocp.args.JsonRestore()))['config']
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._write_errors(None):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.close()
+    try:
+      self.manager.close()
+    except Exception as e:  # noqa: BLE001 - already raised by save() or wait() when it mattered
+      logging.warning('Closing the checkpoints in %s: %s', self.directory, e)
 
 
 def abstract_like(tree, shardings):

@@ -1,6 +1,7 @@
 """Shared entry-point plumbing: a bad config, data file, checkpoint or argument ends the
 program with one line naming what is wrong, not a traceback."""
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -10,6 +11,20 @@ from bloom_jax.data import DataError
 
 USER_ERRORS = (config_lib.ConfigError, DataError, hf.CheckpointError,
                workdir_lock.WorkdirLockedError, OSError, app.UsageError)
+
+
+def inside_workdir(workdir: str, path: str, flag: str) -> str:
+  """`path` taken relative to `workdir`, symlinks resolved; an error if that leads outside it.
+
+  Every file the programs write lands under the run's workdir, so a mistyped or hostile
+  argument (`../..`, an absolute path, a symlink out) cannot overwrite anything else.
+  """
+  root = os.path.realpath(workdir)
+  target = os.path.realpath(os.path.join(root, path))
+  if os.path.commonpath([root, target]) != root or target == root:
+    raise config_lib.ConfigError(f'{flag}: {path!r} is not inside the workdir {workdir} '
+                                 '(outputs are written there; give a path relative to it)')
+  return target
 
 
 def _fail(message: str) -> None:

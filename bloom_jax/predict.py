@@ -2,11 +2,12 @@ r"""Applies one head of a trained run to new text.
 
   python -m bloom_jax.predict --workdir DIR --task sentiment --text "a wonderful film"
   python -m bloom_jax.predict --workdir DIR --task pos --input sentences.txt --output tags.jsonl
+  # -> DIR/tags.jsonl
 
 classification prints the label and class probabilities; tagging prints word/TAG pairs;
 generation and lm print generated text (greedy by default; --method sample|beam).
 --input reads TXT (one text per line) or JSONL (field --field, default "text") and writes
-one JSON object per input line to --output (default: stdout).
+one JSON object per input line to --output, a path inside the workdir (default: stdout).
 """
 
 import functools
@@ -130,6 +131,7 @@ def main(argv):
   del argv
   if bool(FLAGS.text) == bool(FLAGS.input):
     raise config_lib.ConfigError('give exactly one of --text or --input')
+  output = FLAGS.output and cli.inside_workdir(FLAGS.workdir, FLAGS.output, '--output')
   texts = [FLAGS.text] if FLAGS.text else read_texts(FLAGS.input, FLAGS.field)
   if FLAGS.task not in tasks_lib.REGISTRY:
     raise config_lib.ConfigError(f'--task: unknown task {FLAGS.task!r}')
@@ -142,7 +144,7 @@ def main(argv):
   options = {} if head in ('classification', 'tagging') else dict(
       method=FLAGS.method, temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
       num_beams=FLAGS.num_beams, seed=FLAGS.seed)
-  out = open(FLAGS.output, 'w', encoding='utf-8') if FLAGS.output else None
+  out = open(output, 'w', encoding='utf-8') if output else None
   chunk = 64
   for start in range(0, len(texts), chunk):
     for p in predictor.predict(FLAGS.task, texts[start:start + chunk], **options):
@@ -164,7 +166,8 @@ if __name__ == '__main__':
   flags.DEFINE_string('text', None, 'One text.')
   flags.DEFINE_string('input', None, 'A .txt (one text per line) or .jsonl file.')
   flags.DEFINE_string('field', 'text', 'JSONL field holding the text.')
-  flags.DEFINE_string('output', None, 'JSONL output file for --input (default: stdout).')
+  flags.DEFINE_string('output', None,
+                      'JSONL output for --input, relative to --workdir (default: stdout).')
   flags.DEFINE_enum('method', 'greedy', ['greedy', 'sample', 'beam'], 'Decoding method.')
   flags.DEFINE_float('temperature', 1.0, 'Sampling temperature.')
   flags.DEFINE_integer('top_k', 0, 'Sample among the k likeliest tokens (0: all).')

@@ -63,6 +63,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       cleanup.callback(workdir_lock.acquire(workdir).release)
     mesh = sharding.make_mesh(config.mesh)
     is_chief = jax.process_index() == 0
+    ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
+                                      best_metric=config.get('best_metric', ''),
+                                      best_mode=config.get('best_mode', 'max'))
+    cleanup.callback(ckpt.close)  # also on errors: in-flight saves of good states finish
 
     # ---------------------------------------------------------------------- input
     multiple = sharding.data_parallel_size(mesh) * config.optimizer.grad_accum
@@ -73,10 +77,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('Model: %s, %.2fM parameters', setup.model_config, setup.num_params / 1e6)
 
     # ---------------------------------------------------------------------- restore or init
-    ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
-                                      best_metric=config.get('best_metric', ''),
-                                      best_mode=config.get('best_mode', 'max'))
-    cleanup.callback(ckpt.close)  # also on errors: in-flight saves of good states finish
     train_iter = pipe.train_iterator(jax.process_index(), jax.process_count())
     restored = ckpt.restore_latest(setup.abstract_train_state())  # skips corrupt steps
     if restored is not None:

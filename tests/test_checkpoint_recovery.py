@@ -135,3 +135,62 @@ def test_all_corrupt_raises_and_moves_nothing(tmp_path, caplog):
   for step in STEPS:
     assert _warnings_about(caplog, step)
   assert sorted(os.listdir(checkpoints)) == before
+
+
+# A full disk or an unwritable directory during a save. The soft RLIMIT_FSIZE makes every
+# write past 16 KiB fail with EFBIG, through the same tensorstore path a full disk's
+# ENOSPC takes; it works for root too, where permission bits do not stop writes.
+FAILING_SAVE = '''
+import hashlib, json, pathlib, resource, signal, sys
+import jax
+from bloom_jax import checkpointing
+
+workdir = pathlib.Path(sys.argv[1])
+def state(step):  # 64 KiB that compression cannot shrink below the limit
+  return {'w': jax.random.normal(jax.random.key(step), (128, 128))}
+ckpt = checkpointing.Checkpointer(str(workdir), keep=2)
+for step in (2, 4):
+  ckpt.save(step, state(step), {'position': step}, '{}')
+ckpt.wait()
+digests = {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+           for p in sorted(workdir.rglob('*')) if p.is_file()}
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (16384, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+  ckpt.save(6, state(6), {'position': 6}, '{}')
+  ckpt.wait()
+  error = None
+except checkpointing.CheckpointWriteError as e:
+  error = str(e)
+ckpt.close()
+print(json.dumps({'error': error, 'digests': digests}))
+'''
+
+
+def test_failed_save_raises_clearly_and_keeps_earlier_checkpoints(tmp_path):
+  import hashlib
+  import json
+  import subprocess
+  import sys
+  proc = subprocess.run([sys.executable, '-c', FAILING_SAVE, str(tmp_path)], capture_output=True,
+                        text=True, timeout=300,
+                        env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out['error'] is not None, 'the save past the file-size limit did not fail'
+  assert 'checkpoint 6 could not be written' in out['error']
+  assert 'File too large' in out['error'] and 'intact steps: 2, 4' in out['error']
+  for path, digest in out['digests'].items():
+    assert hashlib.sha256(open(path, 'rb').read()).hexdigest() == digest, path
+
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=2)
+  abstract = {'w': jax.ShapeDtypeStruct((128, 128), jnp.float32,
+                                        sharding=jax.sharding.SingleDeviceSharding(
+                                            jax.devices()[0]))}
+  step, state, data_state = ckpt.restore_latest(abstract)
+  assert step == 4 and data_state == {'position': 4}
+  np.testing.assert_array_equal(state['w'], jax.random.normal(jax.random.key(4), (128, 128)))
+  ckpt.save(6, {'w': jnp.zeros((128, 128))}, {'position': 6}, '{}')  # the disk has room again
+  ckpt.wait()
+  assert ckpt.all_steps() == [4, 6]
+  ckpt.close()

@@ -72,9 +72,9 @@ def test_export_loads_in_transformers(restored, run_dir, tmp_path):
   transformers = pytest.importorskip('transformers')
   torch = pytest.importorskip('torch')
   _, pipe, setup, _, params, _ = restored
-  out = str(tmp_path / 'hf')
-  result = _cli('bloom_jax.hf', 'export', '--workdir', run_dir, '--hf_dir', out)
+  result = _cli('bloom_jax.hf', 'export', '--workdir', run_dir, '--hf_dir', 'hf')
   assert result.returncode == 0, result.stderr
+  out = os.path.join(run_dir, 'hf')
   assert os.path.exists(os.path.join(out, 'tokenizer.json'))
   theirs = transformers.BloomForCausalLM.from_pretrained(out).eval()
   ours = hf.from_params(setup.model_config, jax.device_get(params['bloom']))
@@ -116,3 +116,26 @@ def test_evaluate_cli_writes_json(run_dir):
   written = json.load(open(os.path.join(run_dir, 'eval', 'validation_4.json')))
   assert written['step'] == 4 and 'validation/lm/perplexity' in written
   assert 'word_accuracy' in result.stdout and 'rougeL' in result.stdout
+
+
+@pytest.mark.parametrize('program, args', [
+    ('bloom_jax.predict', ['--task', 'lm', '--text', 'x', '--output', '{outside}/preds.jsonl']),
+    ('bloom_jax.predict', ['--task', 'lm', '--text', 'x', '--output', '../preds.jsonl']),
+    ('bloom_jax.predict', ['--task', 'lm', '--text', 'x', '--output', 'link/preds.jsonl']),
+    ('bloom_jax.hf', ['export', '--hf_dir', '../exported']),
+    ('bloom_jax.hf', ['export', '--hf_dir', 'link']),
+    ('bloom_jax.evaluate', ['--split', '../../escaped']),
+])
+def test_cli_paths_cannot_write_outside_the_workdir(run_dir, tmp_path, program, args):
+  outside = tmp_path / 'outside'
+  outside.mkdir()
+  link = os.path.join(run_dir, 'link')
+  if not os.path.islink(link):
+    os.symlink(outside, link)  # a symlink inside the workdir that leads out of it
+  parent = os.path.dirname(run_dir)
+  before = sorted(os.listdir(parent))
+  result = _cli(program, '--workdir', run_dir, *[a.format(outside=outside) for a in args])
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert 'error:' in last and ('not inside the workdir' in last or '--split' in last), last
+  assert os.listdir(outside) == [] and sorted(os.listdir(parent)) == before

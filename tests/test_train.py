@@ -1,7 +1,9 @@
 """The sharded train step, exact resume, resharding restore and config errors."""
 
+import hashlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -218,12 +220,13 @@ def test_nonfinite_loss_stops_without_poisoning_checkpoints(tmp_path):
   assert sum(x.get('skipped', 0) for x in lines) > 0
 
 
-def _run_cli(workdir, *overrides):
+def _run_cli(workdir, *overrides, preexec_fn=None):
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
   return subprocess.Popen(
       [sys.executable, '-m', 'bloom_jax.train', '--config', 'tests/tiny.py', '--workdir',
        workdir, '--config.total_steps=12', '--config.checkpoint_every=3', *overrides],
-      cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+      preexec_fn=preexec_fn)
 
 
 def _last_line(workdir):
@@ -271,3 +274,40 @@ def test_second_trainer_on_the_same_workdir_is_refused(tmp_path):
   assert proc.wait(timeout=300) == 2
   assert 'already in use by a trainer' in proc.stderr.read().strip().splitlines()[-1]
   lock.release()
+
+
+def _small_files_only():
+  # Every write past 32 KiB fails (EFBIG, as ENOSPC would on a full disk): metrics lines
+  # and the lock fit, a checkpoint's arrays do not. Permission bits would not stop root.
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (32768, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+def _digests(directory):
+  return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(directory.rglob('*')) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_disk_full_during_save_fails_clearly_and_keeps_earlier_checkpoints(tmp_path):
+  first = _run_cli(str(tmp_path), '--config.total_steps=3')
+  assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+  before = _digests(tmp_path / 'checkpoints')
+
+  full = _run_cli(str(tmp_path), '--config.total_steps=6', preexec_fn=_small_files_only)
+  _, stderr = full.communicate(timeout=300)  # Orbax logs long tracebacks: drain the pipe
+  assert full.returncode == 2, stderr[-2000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith('train.py: error: ') and 'checkpoint 6 could not be written' in last
+  assert 'File too large' in last and 'intact steps: 3' in last
+  assert {p: d for p, d in _digests(tmp_path / 'checkpoints').items() if p in before} == before
+
+
+def test_unusable_workdir_fails_before_anything_is_written(tmp_path):
+  (tmp_path / 'file').write_text('not a directory')
+  with pytest.raises(NotADirectoryError, match='file'):
+    train.train_and_evaluate(tiny_config(), str(tmp_path / 'file' / 'run'))
+  (tmp_path / 'run').mkdir()
+  (tmp_path / 'run' / 'checkpoints').write_text('not a directory')
+  with pytest.raises(OSError, match='checkpoints'):
+    train.train_and_evaluate(tiny_config(), str(tmp_path / 'run'))

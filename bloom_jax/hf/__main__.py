@@ -5,7 +5,7 @@ r"""Moves trunks between Hugging Face checkpoints and bloom_jax training runs.
   python -m bloom_jax.hf import --hf_dir bloom-560m --config configs/finetune_hf.py \
       --workdir runs/ft
   # The trunk and LM head of a run's checkpoint, plus its tokenizer, as a transformers
-  # BloomForCausalLM directory:
+  # BloomForCausalLM directory inside the workdir (here runs/ft/exported/):
   python -m bloom_jax.hf export --workdir runs/ft --hf_dir exported/ [--step N]
 """
 
@@ -56,7 +56,8 @@ def main(argv):
       raise config_lib.ConfigError('import needs --config (the run the weights start)')
     import_checkpoint(FLAGS.hf_dir, FLAGS.config, FLAGS.workdir)
   else:
-    export_checkpoint(FLAGS.workdir, FLAGS.hf_dir, FLAGS.step)
+    export_checkpoint(FLAGS.workdir, cli.inside_workdir(FLAGS.workdir, FLAGS.hf_dir, '--hf_dir'),
+                      FLAGS.step)
 
 
 if __name__ == '__main__':
