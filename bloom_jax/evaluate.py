@@ -60,6 +60,9 @@ def main(argv):
   config, pipe, setup, mesh, params, step = load_run(FLAGS.workdir, FLAGS.step)
   evaluator = evaluation.Evaluator(config, pipe, setup.graphdef, setup.abstract_state, mesh)
   results = evaluator.evaluate(params, FLAGS.split, max_examples=0, prefix=FLAGS.split)
+  if not results:
+    raise config_lib.ConfigError(f'--split: no task of the run in {FLAGS.workdir} has a '
+                                 f'labelled {FLAGS.split} split (tasks: {", ".join(pipe.tasks)})')
   print(f'{FLAGS.workdir}: step {step}, {FLAGS.split} split')
   print(format_table(results))
   out_dir = os.path.join(FLAGS.workdir, 'eval')

@@ -34,11 +34,11 @@ class Evaluator:
 
   def evaluate(self, params, split: str, max_examples: int | None = None,
                tasks=None, prefix: str = 'eval') -> dict[str, float]:
-    """{'<prefix>/<task>/<metric>': value} for every task (or the given ones)."""
+    """{'<prefix>/<task>/<metric>': value} for every task that has `split` (or the given ones)."""
     if max_examples is None:
       max_examples = self.config.data.eval_examples
     out = {}
-    for name in tasks or self.pipe.tasks:
+    for name in tasks or [t for t in self.pipe.tasks if split in self.pipe.prepared[t].arrays]:
       for metric, value in self.evaluate_task(params, name, split, max_examples).items():
         out[f'{prefix}/{name}/{metric}'] = value
     return out

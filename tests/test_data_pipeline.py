@@ -214,7 +214,7 @@ def test_local_file_tasks(tmp_path):
 def test_missing_local_file_is_one_line_error(tmp_path):
   c = real_multitask.get_config()
   c.data.dir, c.data.tfds_dir = str(tmp_path), str(tmp_path / 'tfds')
-  with pytest.raises(data.DataError, match=r'aeslc/train\.jsonl: file not found'):
+  with pytest.raises(data.DataError, match=rf"{tmp_path}/\S+: file not found \(task '\w+'"):
     data.Pipeline(c)
 
 
@@ -259,3 +259,28 @@ def test_tfds_tagging_converter():
       'words': ['the', 'dog'], 'tags': ['DET', 'NOUN']}
   assert convert({'tokens': ['the', 'dog'], 'upos': [0, 2]}) == 'missing_label'
   assert convert({'tokens': ['the'], 'upos': [0, 1]}) == 'malformed_example'
+
+
+def test_single_task_run_can_share_the_mixture_tokenizer(synthetic, tmp_path):
+  config, pipe, _ = synthetic
+  alone = config.copy_and_resolve_references()
+  alone.tasks = {'sentiment': config.tasks.sentiment.to_dict()}
+  alone.tokenizer.train_on = ','.join(config.tasks)
+  shared = data.Pipeline(alone, workdir=str(tmp_path))
+  assert list(shared.tasks) == ['sentiment']
+  assert shared.tokenizer.fingerprint() == pipe.tokenizer.fingerprint()
+  alone.tokenizer.train_on = 'sentiment,no_such_task'
+  with pytest.raises(data.DataError, match="tokenizer.train_on: unknown task 'no_such_task'"):
+    data.Pipeline(alone, workdir=str(tmp_path))
+
+
+def test_real_config_variants():
+  mixture = real_multitask.get_config()
+  alone = real_multitask.get_config('single=trec,seed=3')
+  assert list(alone.tasks) == ['trec'] and alone.seed == 3
+  # Data-matched: the task's rows per step and its tokenizer are the mixture's.
+  assert alone.data.batch_size == round(mixture.data.batch_size * mixture.tasks.trec.rate)
+  assert alone.tokenizer.train_on == mixture.tokenizer.train_on
+  for bad in ('single=nope', 'seed=x', 'other=1', 'single'):
+    with pytest.raises(ValueError, match='expected single=TASK'):
+      real_multitask.get_config(bad)

@@ -208,7 +208,12 @@ class Pipeline:
 
   def _load_tokenizer(self, specs, cfg, workdir) -> tokenizer_lib.Tokenizer:
     if cfg.path:
-      return tokenizer_lib.Tokenizer.load(cfg.path)
+      try:  # a tokenizers JSON file, parsed (never executed); the library raises bare Exception
+        return tokenizer_lib.Tokenizer.load(cfg.path)
+      except Exception as e:  # noqa: BLE001
+        raise DataError(f'tokenizer.path: {cfg.path} is not a usable tokenizer.json '
+                        f'({" ".join(str(e).split())[:200]})') from None
+    specs = _tokenizer_specs(specs, cfg.get('train_on', ''))
     key = _hash({'v': FORMAT_VERSION, 'vocab': cfg.vocab_size, 'chars': TOKENIZER_CHARS_PER_TASK,
                  'tasks': sorted((s.name, s.source.fingerprint(self.data_dir), s.stopwords)
                                  for s in specs.values())})
@@ -303,6 +308,17 @@ class Pipeline:
             'attention_mask': features._mask([len(i) for i in ids], spec.max_length),
             'prompt_ids': features._pad(ids, spec.max_length, tok.pad_id, left=True),
             'prompt_mask': features._mask([len(i) for i in ids], spec.max_length)[:, ::-1].copy()}
+
+
+def _tokenizer_specs(specs: dict, train_on: str) -> dict:
+  """The tasks whose training text trains the BPE: the mixture's, or those `train_on` names
+  (so a single-task run can share the mixture's tokenizer)."""
+  names = [n.strip() for n in train_on.split(',') if n.strip()]
+  for name in names:
+    if name not in tasks_lib.REGISTRY:
+      raise DataError(f'tokenizer.train_on: unknown task {name!r}; registered: '
+                      f'{", ".join(sorted(tasks_lib.REGISTRY))}')
+  return {n: specs.get(n, tasks_lib.REGISTRY[n]) for n in names} if names else specs
 
 
 def _shard(n: int, process_index: int, process_count: int) -> tuple[int, int]:
