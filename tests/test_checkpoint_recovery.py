@@ -194,3 +194,13 @@ def test_failed_save_raises_clearly_and_keeps_earlier_checkpoints(tmp_path):
   ckpt.wait()
   assert ckpt.all_steps() == [4, 6]
   ckpt.close()
+
+
+def test_best_checkpoint_is_kept_beside_the_newest(tmp_path):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), keep=1, best_metric='eval/acc', best_mode='max')
+  for step, acc in [(2, 0.5), (4, 0.9), (6, 0.7), (8, 0.6)]:
+    ckpt.save(step, _state(step), {'position': step}, CONFIG_JSON, metrics={'eval/acc': acc})
+  ckpt.save(10, _state(10), {'position': 10}, CONFIG_JSON)  # no eval at this step
+  ckpt.wait()
+  assert ckpt.all_steps() == [4, 10]  # the best (0.9 at step 4) and the newest
+  ckpt.close()
