@@ -119,10 +119,11 @@ def main():
   runs = {}
   for path in sorted(glob.glob(os.path.join(args.root, '*-seed*'))):
     match = RUN.match(os.path.basename(path))
-    if match and os.path.exists(os.path.join(path, 'metrics.jsonl')):
+    if match and glob.glob(os.path.join(path, 'eval', '*_*.json')):  # evaluated runs only
       runs[match['name'], int(match['seed'])] = read_run(path)
   if not runs:
-    raise SystemExit(f'{args.root}: no <name>-seed<N> runs with a metrics.jsonl')
+    raise SystemExit(f'{args.root}: no evaluated <name>-seed<N> runs (bloom_jax.evaluate '
+                     'writes their eval/*.json)')
   text = table(runs)
   if args.out:
     with open(args.out, 'w') as f:
