@@ -36,7 +36,7 @@ def get_config(arg=None):
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ''            # a tokenizer.json; '' trains a BPE on the mixture's train text
   c.tokenizer.vocab_size = 512
-  c.tokenizer.train_on = ''         # tasks whose text trains the BPE ('': the mixture's)
+  c.tokenizer.train_on = ''        # tasks whose text trains the BPE ('': the mixture's)
 
   # Tasks of the mixture: the registry (bloom_jax/tasks.py) declares them; these
   # fields set how they train together.

@@ -3,7 +3,7 @@ r"""Learning curves per task from the metrics.jsonl of bloom_jax.train runs.
   python scripts/plot_metrics.py runs/results --out docs/results       # all runs under a root
   python scripts/plot_metrics.py runs/a runs/b --out plots               # given workdirs
 
-For every task it writes `<out>/<task>.png`: the training loss and each validation metric
+For every task it writes `<out>/curves-<task>.png`: the training loss and each validation metric
 against the step, one line per run that trained the task (the run's directory name is its
 label, so `multi-seed0` and `pos-seed0` compare directly). Needs matplotlib
 (`pip install -e '.[plots]'`).
@@ -69,7 +69,7 @@ def plot(runs: dict[str, dict], out_dir: str) -> list[str]:
       ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    path = os.path.join(out_dir, f'{task}.png')
+    path = os.path.join(out_dir, f'curves-{task}.png')
     fig.savefig(path, dpi=90)
     plt.close(fig)
     written.append(path)
@@ -79,7 +79,7 @@ def plot(runs: dict[str, dict], out_dir: str) -> list[str]:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('paths', nargs='+', help='workdirs, or directories holding workdirs')
-  parser.add_argument('--out', required=True, help='directory for the <task>.png files')
+  parser.add_argument('--out', required=True, help='directory for the curves-<task>.png files')
   args = parser.parse_args()
   workdirs = runs_under(args.paths)
   if not workdirs:

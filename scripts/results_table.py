@@ -84,7 +84,7 @@ def table(runs: dict) -> str:
     task = key[0]
     single = [r[key] * scale for (n, _), r in sorted(runs.items()) if n == task and key in r]
     multi = [r[key] * scale for (n, _), r in sorted(runs.items()) if n == 'multi' and key in r]
-    digits = 3 if scale != 100 and scale != 1 else (1 if scale == 100 else 2)
+    digits = {100: 1, 1: 2}.get(scale, 3)  # percent, ROUGE, nats
     delta = 'n/a'
     if single and multi:
       d = statistics.fmean(multi) - statistics.fmean(single)
