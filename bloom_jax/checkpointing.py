@@ -8,10 +8,14 @@ the *current* mesh, so a checkpoint written on one mesh shape restores on anothe
 import contextlib
 import json
 import os
+import re
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+# tensorstore reports e.g. "... File too large [os_error_code='27'] ..." amid kilobytes of specs.
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 
 
 class CheckpointCorruptError(RuntimeError):
@@ -89,8 +93,8 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001 - Orbax wraps tensorstore's OS errors in many types
       failed = in_flight if in_flight is not None else step
       reason = ' '.join(f'{type(e).__name__}: {e}'.split())
-      if len(reason) > 400:  # tensorstore puts the OS error (errno text) at the end
-        reason = f'{reason[:150]} ... {reason[-250:]}'
+      code = _OS_ERROR_CODE.search(reason)
+      reason = f'{os.strerror(int(code[1]))} [errno {code[1]}]' if code else reason[:400]
       intact = ', '.join(map(str, self._committed_steps())) or 'none'
       raise CheckpointWriteError(
           f'{self.directory}: checkpoint {failed} could not be written ({reason}); the earlier '
