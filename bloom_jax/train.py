@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from clu import metric_writers
 from flax import nnx
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
@@ -88,6 +87,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     evaluator = evaluation.Evaluator(config, pipe, setup.graphdef, setup.abstract_state, mesh)
 
     # ---------------------------------------------------------------------- loop
+    # Imported here: clu's writers load TensorFlow (seconds), which evaluate, predict and
+    # the benchmarks, importing this module for `build`, never need.
+    from clu import metric_writers
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
     metrics_file = None
     if is_chief:
