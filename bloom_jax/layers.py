@@ -164,7 +164,7 @@ class Attention(nnx.Module):
   def __init__(self, cfg, *, rngs: nnx.Rngs):
     h, n, d = cfg.hidden_size, cfg.n_head, cfg.head_dim
     self.n_head, self.head_dim, self.dtype = n, d, cfg.dtype
-    self.alibi_fp32 = cfg.alibi_fp32
+    self.alibi_fp32, self.kernel = cfg.alibi_fp32, cfg.attention_kernel
     self.qkv_kernel = param(
         _normal(rngs, (h, n, 3, d), cfg.init_std, cfg.param_dtype), ('embed', 'heads', None, 'kv'))
     self.qkv_bias = param(jnp.zeros((n, 3, d), cfg.param_dtype), ('heads', None, 'kv'))
@@ -189,6 +189,20 @@ class Attention(nnx.Module):
       v = jax.lax.dynamic_update_slice_in_dim(kv['v'], v.astype(kv['v'].dtype), cache_index, 1)
       kv = {'k': k, 'v': v}
       k, v = k.astype(dt), v.astype(dt)
+    if self.kernel == 'cudnn' and kv is None and (dropout_key is None or
+                                                  not self.attention_dropout):
+      # Fused: the [B, n, Q, K] scores never reach memory (bias and mask are summed
+      # once per call).
+      bias = None if alibi is None else alibi.astype(dt)
+      context = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=allowed,
+                                             implementation='cudnn')
+    else:
+      context = self._einsum_attention(q, k, v, alibi, allowed, dropout_key)
+    out = jnp.einsum('bqnd,ndh->bqh', context, self.out_kernel[...].astype(dt))
+    return out + self.out_bias[...].astype(dt), kv
+
+  def _einsum_attention(self, q, k, v, alibi, allowed, dropout_key):
+    dt = self.dtype
     scores = jnp.einsum('bqnd,bknd->bnqk', q, k) * (1.0 / math.sqrt(self.head_dim))
     if alibi is not None:
       # HF adds the bias in the activation dtype, which is coarse in bf16 at long
@@ -198,9 +212,7 @@ class Attention(nnx.Module):
     scores = jnp.where(allowed, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     probs = dropout(probs, self.attention_dropout, dropout_key)
-    context = jnp.einsum('bnqk,bknd->bqnd', probs, v)
-    out = jnp.einsum('bqnd,ndh->bqh', context, self.out_kernel[...].astype(dt))
-    return out + self.out_bias[...].astype(dt), kv
+    return jnp.einsum('bnqk,bknd->bqnd', probs, v)
 
 
 class MLP(nnx.Module):

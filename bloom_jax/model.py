@@ -23,6 +23,7 @@ from bloom_jax import layers
 from bloom_jax.compat import SCAN_METADATA, param
 
 POSITIONS = ('alibi', 'sinusoidal', 'none')
+ATTENTION_KERNELS = ('einsum', 'cudnn')
 
 # Which activations the backward pass may keep instead of recomputing.
 REMAT_POLICIES = {
@@ -47,6 +48,10 @@ class BloomConfig:
   param_dtype: str = 'float32'
   remat: str = 'none'
   alibi_fp32: bool = False        # keep the ALiBi bias in float32 (HF casts it to `dtype`)
+  # 'einsum': scores materialised, as HF computes them (any backend, dtype, cache, dropout).
+  # 'cudnn': cuDNN's fused flash attention on NVIDIA GPUs for cache-free calls without
+  # attention dropout; the other calls keep the einsum path.
+  attention_kernel: str = 'einsum'
 
   def __post_init__(self):
     errors = []
@@ -59,6 +64,11 @@ class BloomConfig:
       errors.append(f'position must be one of {POSITIONS}, got {self.position!r}')
     if self.remat not in REMAT_POLICIES:
       errors.append(f'remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}')
+    if self.attention_kernel not in ATTENTION_KERNELS:
+      errors.append(f'attention_kernel must be one of {ATTENTION_KERNELS}, '
+                    f'got {self.attention_kernel!r}')
+    if self.attention_kernel == 'cudnn' and self.dtype == 'float32':
+      errors.append("attention_kernel 'cudnn' needs dtype bfloat16 or float16")
     for name in ('dtype', 'param_dtype'):
       if getattr(self, name) not in ('float32', 'bfloat16', 'float16'):
         errors.append(f'{name} must be float32, bfloat16 or float16, got {getattr(self, name)!r}')
@@ -152,9 +162,11 @@ class Bloom(nnx.Module):
     x = self.word_embeddings_layernorm(x)
 
     alibi = None
-    if cfg.position == 'alibi' and mode == 'causal':
+    if cfg.position == 'alibi' and mode == 'causal' and cfg.attention_kernel == 'einsum':
       alibi = layers.alibi_bias(positions, cfg.n_head)
     elif cfg.position == 'alibi':
+      # Also the causal bias for cuDNN: on allowed keys it is BLOOM's up to a row constant,
+      # and its values stay small near the diagonal, where a bf16 bias must be exact.
       alibi = layers.symmetric_alibi_bias(query_positions, positions, cfg.n_head)
     allowed = layers.attention_allowed(key_mask, offset, length, mode, key_prefix)
     kv = None if cache is None else {'k': cache['k'], 'v': cache['v']}

@@ -23,7 +23,9 @@ Every timing is the median of repeated runs after a warm-up; wall clock only.
 """
 
 import argparse
+import copy
 import dataclasses
+import importlib
 import json
 import os
 import platform
@@ -32,7 +34,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -172,38 +175,41 @@ def train_flops_per_step(cfg, batch: int, seq: int) -> float:
   return 6 * cfg.num_params * tokens + 12 * cfg.n_layer * cfg.hidden_size * seq * tokens
 
 
-def bench_train(shape: dict, mesh) -> dict:
-  config = bench_config(shape)
-  setup = build(config, shape['vocab'], mesh)
-  host_batch = lm_batch(np.random.default_rng(0), shape['vocab'], shape['batch'], shape['seq'])
+def bench_train(config, vocab: int, batch_size: int, seq: int, steps_: int, mesh,
+                forward: bool = True) -> dict:
+  setup = build(config, vocab, mesh)
+  host_batch = lm_batch(np.random.default_rng(0), vocab, batch_size, seq)
   batch = sharding.global_batch(host_batch, mesh)
   state = setup.init_train_state()
   # Stepping the executable that was analysed times exactly the program XLA counted
   # (and compiles once: jit's own cache does not see an explicit lower/compile).
+  t0 = time.perf_counter()
   compiled = setup.train_step.lower(state, batch).compile()
-  holder = {'state': state}
+  compile_s = time.perf_counter() - t0
+  holder = {'state': state, 'losses': []}
 
   def step():
     holder['state'], metrics = compiled(holder['state'], batch)
     jax.block_until_ready((holder['state'], metrics))
-    holder['loss'] = float(metrics['loss'])
+    holder['losses'].append(float(metrics['loss']))
 
-  t, times = median_time(step, shape['steps'], warmup=2)
-
-  # The forward pass alone: a step near 3x this spends its time where the model FLOPs
-  # say it should (backward = 2x forward); much more points at the update or overheads.
-  counts = {'lm': jnp.sum(batch['lm']['weights'])}
-  forward = jax.jit(lambda params, batch: steps.multitask_loss(
-      params, setup.graphdef, setup.abstract_state, setup.tasks, batch, None, counts)[0])
-  params = holder['state']['params']
-  t_fwd, _ = median_time(lambda: forward(params, batch).block_until_ready(),
-                         max(shape['steps'] // 2, 3), warmup=1)
-  tokens = shape['batch'] * shape['seq']
-  return {'step_s': t, 'step_times_s': times, 'forward_s': t_fwd, 'tokens': tokens,
-          'loss': holder['loss'],
-          'num_params': setup.model_config.num_params,
-          'model_flops': train_flops_per_step(setup.model_config, shape['batch'], shape['seq']),
-          'xla_flops': cost_flops(compiled)}
+  t, times = median_time(step, steps_, warmup=2)
+  tokens = batch_size * seq
+  result = {'step_s': t, 'step_times_s': times, 'tokens': tokens, 'compile_s': compile_s,
+            'first_loss': holder['losses'][0], 'loss': holder['losses'][-1],
+            'num_params': setup.model_config.num_params,
+            'model_flops': train_flops_per_step(setup.model_config, batch_size, seq),
+            'xla_flops': cost_flops(compiled), 'memory': memory_stats(compiled)}
+  if forward:
+    # The forward pass alone: a step near 3x this spends its time where the model FLOPs
+    # say it should (backward = 2x forward); much more points at the update or overheads.
+    counts = {'lm': jnp.sum(batch['lm']['weights'])}
+    fwd = jax.jit(lambda params, batch: steps.multitask_loss(
+        params, setup.graphdef, setup.abstract_state, setup.tasks, batch, None, counts)[0])
+    params = holder['state']['params']
+    result['forward_s'], _ = median_time(lambda: fwd(params, batch).block_until_ready(),
+                                         max(steps_ // 2, 3), warmup=1)
+  return result
 
 
 def bench_hf_train(shape: dict) -> dict:
@@ -350,6 +356,72 @@ def bench_input(num_batches: int) -> dict:
           'rows_per_batch': rows, 'batch_size_config': int(config.data.batch_size)}
 
 
+# ------------------------------------------------------------------------------ one config
+
+
+# Dense bf16 peak by the vendor's datasheet (FLOP/s), keyed by a substring of device_kind.
+DATASHEET_BF16_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}
+
+
+def load_config(spec: str):
+  """'configs/NAME.py[:arg]' -> that module's get_config(arg)."""
+  path, _, arg = spec.partition(':')
+  name = os.path.splitext(os.path.basename(path))[0]
+  if not os.path.isfile(os.path.join(ROOT, 'configs', name + '.py')):
+    raise SystemExit(f'--config: no such config: configs/{name}.py')
+  return importlib.import_module(f'configs.{name}').get_config(arg or None)
+
+
+def bench_model_config(args, log) -> dict:
+  """The train step of one config (e.g. configs/bloom_560m.py on a GPU) for each
+  (remat, attention kernel) variant, against the measured matmul ceiling."""
+  base = load_config(args.config)
+  base.model.dropout = base.model.attention_dropout = 0.0
+  vocab = base.model.get('vocab_size', 0) or base.tokenizer.vocab_size
+  mesh = sharding.make_mesh(base.mesh)
+  dtype = base.model.dtype
+  device_kind = jax.devices()[0].device_kind
+  peak = next((v for k, v in DATASHEET_BF16_FLOPS.items() if k in device_kind), None)
+  accelerator = jax.default_backend() != 'cpu'
+  log('ceilings')
+  n = 8192 if accelerator else 1024
+  ceiling = matmul_ceiling(n, dtype)
+  bandwidth = bandwidth_ceiling((16384, 16384) if accelerator else (4096, 4096), dtype)
+  results = {'config': args.config, 'batch': args.batch, 'seq': args.seq,
+             'device_kind': device_kind, 'devices': jax.device_count(), 'dtype': dtype,
+             'jax': jax.__version__, 'matmul_flops_per_s': ceiling,
+             'bandwidth_bytes_per_s': bandwidth, 'datasheet_flops_per_s': peak, 'variants': {}}
+  print(f'{device_kind} x{jax.device_count()}, jax {jax.__version__}; matmul ceiling '
+        f"{fmt_rate(ceiling, 'FLOP/s')} ({dtype}, n={n}), bandwidth {fmt_rate(bandwidth, 'B/s')}"
+        + (f", datasheet {fmt_rate(peak, 'FLOP/s')}" if peak else ''), flush=True)
+  for variant in args.variants.split(','):
+    remat, kernel = variant.split(':')
+    config = copy.deepcopy(base)
+    config.model.remat, config.model.attention_kernel = remat, kernel
+    log(f'train step, remat={remat}, attention={kernel}')
+    try:
+      r = bench_train(config, vocab, args.batch, args.seq, args.steps or 10, mesh,
+                      forward=False)
+    except Exception as e:  # noqa: BLE001 - one variant failing (e.g. out of memory) is a result
+      results['variants'][variant] = {'error': f'{type(e).__name__}: {e}'[:2000]}
+      print(f'{variant:<14} failed: {type(e).__name__}: {str(e)[:300]}', flush=True)
+      continue
+    achieved = r['model_flops'] / r['step_s']
+    r.update(tokens_per_s=r['tokens'] / r['step_s'], achieved_flops_per_s=achieved,
+             mfu_vs_measured_ceiling=achieved / ceiling,
+             mfu_vs_datasheet=achieved / peak if peak else None)
+    results['variants'][variant] = r
+    print(f"{variant:<14} {r['step_s'] * 1e3:8.1f} ms  {r['tokens_per_s']:>10,.0f} tokens/s  "
+          f"MFU {r['mfu_vs_measured_ceiling']:.1%} of measured"
+          + (f", {r['mfu_vs_datasheet']:.1%} of datasheet" if peak else '')
+          + f"  compile {r['compile_s']:.0f} s  peak {r['memory']['peak_bytes'] / 2**30:.1f} GiB"
+          f"  loss {r['first_loss']:.4f} -> {r['loss']:.4f}", flush=True)
+    if args.json:  # after every variant: a later one may not finish in time
+      with open(args.json, 'w', encoding='utf-8') as f:
+        json.dump(results, f, indent=2, default=float)
+  return results
+
+
 # ------------------------------------------------------------------------------ report
 
 
@@ -366,7 +438,19 @@ def main(argv=None) -> dict:
   parser.add_argument('--quick', action='store_true', help='tiny shapes: a smoke test')
   parser.add_argument('--steps', type=int, default=0,
                       help='timed train steps per framework (default 10, quick 3)')
+  parser.add_argument('--config', default='',
+                      help='instead of the comparison: time this config\'s own model '
+                           '(configs/NAME.py[:arg]) for each of --variants, one LM task')
+  parser.add_argument('--batch', type=int, default=8, help='with --config: rows per step')
+  parser.add_argument('--seq', type=int, default=2048, help='with --config: tokens per row')
+  parser.add_argument('--variants', default='full:einsum,full:cudnn,none:cudnn,none:einsum',
+                      help='with --config: comma-separated REMAT:ATTENTION_KERNEL pairs')
   args = parser.parse_args(argv)
+  started = time.perf_counter()
+  log = lambda msg: print(f'[{time.perf_counter() - started:6.1f}s] {msg}', file=sys.stderr,
+                          flush=True)
+  if args.config:
+    return bench_model_config(args, log)
   shape = dict(QUICK if args.quick else FULL)
   if args.steps:
     shape['steps'] = args.steps
@@ -377,9 +461,6 @@ def main(argv=None) -> dict:
   torch.set_num_threads(cores)
   mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
   dtype = seed_config.get_config().model.dtype
-  started = time.perf_counter()
-  log = lambda msg: print(f'[{time.perf_counter() - started:6.1f}s] {msg}', file=sys.stderr,
-                          flush=True)
   env = {'jax': jax.__version__, 'torch': torch.__version__,
          'transformers': __import__('transformers').__version__,
          'backend': jax.default_backend(), 'devices': jax.device_count(), 'cores': cores,
@@ -397,7 +478,8 @@ def main(argv=None) -> dict:
       'vocab_projection': gemm_flops(rows_per_step, shape['hidden'], shape['vocab'], dtype),
   }
   log('our train step')
-  ours = bench_train(shape, mesh)
+  ours = bench_train(bench_config(shape), shape['vocab'], shape['batch'], shape['seq'],
+                     shape['steps'], mesh)
   log('transformers train step')
   theirs = bench_hf_train(shape)
   log('decoding')

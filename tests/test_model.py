@@ -431,6 +431,35 @@ def test_bfloat16_is_close_to_float32(param_dtype, alibi_fp32):
   assert np.abs(logits[real] - reference[real]).max() > 0  # it really ran in bf16
 
 
+def _reference_in_place_of_cudnn(monkeypatch) -> list:
+  """CPUs have no cuDNN: run JAX's reference implementation of the same fused call."""
+  fused, calls = jax.nn.dot_product_attention, []
+
+  def reference(*args, implementation=None, **kwargs):
+    calls.append(implementation)
+    return fused(*args, implementation='xla', **kwargs)
+
+  monkeypatch.setattr(jax.nn, 'dot_product_attention', reference)
+  return calls
+
+
+@pytest.mark.parametrize('mode', ['causal', 'bidirectional', 'prefix'])
+def test_cudnn_kernel_computes_the_same_attention(monkeypatch, mode):
+  calls = _reference_in_place_of_cudnn(monkeypatch)
+  ids, mask = _prompt_batch()  # left padding
+  prefix = np.broadcast_to(np.arange(ids.shape[1]) < ids.shape[1] - 3, ids.shape).astype(np.int32)
+  kwargs = {'mode': mode, 'prefix_mask': jnp.asarray(prefix) if mode == 'prefix' else None}
+  reference = _logits(_random_model(), ids, mask, **kwargs)
+  errors = {}
+  for kernel in ('einsum', 'cudnn'):
+    logits = _logits(_random_model(dtype='bfloat16', attention_kernel=kernel), ids, mask,
+                     **kwargs)
+    errors[kernel] = np.abs(logits - reference)[mask > 0].max()
+  assert calls == ['cudnn']
+  # Both run in bf16; a wrong bias or mask would be off by the logits' own scale (~4).
+  assert errors['cudnn'] <= max(1.5 * errors['einsum'], 0.05), errors
+
+
 # --------------------------------------------------------------------------------------
 # Config validation
 # --------------------------------------------------------------------------------------
@@ -443,6 +472,8 @@ def test_bfloat16_is_close_to_float32(param_dtype, alibi_fp32):
     ({'dtype': 'float64'}, 'dtype'),
     ({'dropout': 1.0}, 'dropout'),
     ({'n_layer': 0}, 'n_layer'),
+    ({'attention_kernel': 'flash'}, 'attention_kernel'),
+    ({'attention_kernel': 'cudnn'}, 'attention_kernel'),  # needs a 16-bit dtype
 ])
 def test_config_validation_names_the_field(overrides, field):
   with pytest.raises(ValueError) as info:
