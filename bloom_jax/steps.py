@@ -18,20 +18,28 @@ from flax import nnx
 from bloom_jax import compat
 
 
-def cross_entropy(logits, targets, weights):
-  """Sum of weighted token/example cross-entropies, and the sum of weights."""
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-  return jnp.sum(nll * weights), jnp.sum(weights)
+def token_nll(logits, targets):
+  """-log softmax(logits)[target] at every position, and whether the target is a top logit.
+
+  The target's logit is picked by a one-hot product, whose gradient is elementwise;
+  take_along_axis's is a scatter into a zeroed [..., V] buffer, a large extra pass over
+  the vocabulary-sized gradient. The max is the one logsumexp computes anyway (ties,
+  which random float logits do not have, count as correct).
+  """
+  logits = logits.astype(jnp.float32)
+  one_hot = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
+  target = jnp.sum(logits * one_hot, axis=-1)
+  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
+  return jax.nn.logsumexp(logits, axis=-1) - target, target >= top
 
 
 def task_statistics(model, task, head, batch, dropout_key=None):
   """Loss sums and prediction counts of one task's sub-batch."""
   logits = model(task, head, batch, dropout_key)
   weights = batch['weights'].astype(jnp.float32)
-  nll, count = cross_entropy(logits, batch['targets'], weights)
-  correct = jnp.sum((jnp.argmax(logits, -1) == batch['targets']) * weights)
-  return {'nll': nll, 'count': count, 'correct': correct}, logits
+  nll, correct = token_nll(logits, batch['targets'])
+  return {'nll': jnp.sum(nll * weights), 'count': jnp.sum(weights),
+          'correct': jnp.sum(correct * weights)}, logits
 
 
 def multitask_loss(params, graphdef, abstract_state, tasks, batch, dropout_key, counts):
@@ -111,8 +119,7 @@ def eval_step(params, batch, *, graphdef, abstract_state, task, head):
   """Per-example predictions and loss sums of one eval batch (no dropout)."""
   model = nnx.merge(graphdef, compat.from_pure_dict(abstract_state, params))
   logits = model(task, head, batch)
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(log_probs, batch['targets'][..., None], axis=-1)[..., 0]
+  nll, _ = token_nll(logits, batch['targets'])
   weights = batch['weights'].astype(jnp.float32)
   token_axes = tuple(range(1, nll.ndim))
   return {
