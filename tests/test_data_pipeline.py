@@ -28,7 +28,9 @@ def synthetic_config(tfds_dir):
 @pytest.fixture(scope='module')
 def synthetic(tmp_path_factory):
   root = tmp_path_factory.mktemp('synthetic')
-  config = synthetic_config(root / 'tfds')
+  # The default data cache, which the training tests share: the builder still runs from
+  # scratch wherever the cache is new (as in CI), but only once per machine.
+  config = synthetic_config('')
   workdir = str(root / 'work')
   return config, data.Pipeline(config, workdir=workdir), workdir
 

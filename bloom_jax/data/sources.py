@@ -23,9 +23,26 @@ def _tfds():
 
 
 def _read_all(builder, splits: dict) -> dict:
-  tfds = _tfds()
-  return {ours: list(tfds.as_numpy(builder.as_dataset(split=theirs, shuffle_files=False)))
+  """Every row of each split, in file order. Rows are read in ragged batches and converted
+  a column at a time: converting row by row costs ~0.5 ms a row (10 s for 20k rows)."""
+  return {ours: [row for batch in builder.as_dataset(split=theirs, shuffle_files=False)
+                 .ragged_batch(4096) for row in _rows_of(_columns(batch))]
           for ours, theirs in splits.items()}
+
+
+def _columns(batch):
+  """A batch's features as nested dicts of Python lists, one entry per row."""
+  if isinstance(batch, dict):
+    return {k: _columns(v) for k, v in batch.items()}
+  return batch.to_list() if hasattr(batch, 'to_list') else batch.numpy().tolist()
+
+
+def _rows_of(columns) -> list:
+  if not isinstance(columns, dict):
+    return columns
+  per_key = {k: _rows_of(v) for k, v in columns.items()}
+  count = len(next(iter(per_key.values()))) if per_key else 0
+  return [{k: values[i] for k, values in per_key.items()} for i in range(count)]
 
 
 def _decode(value):
