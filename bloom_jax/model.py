@@ -171,10 +171,7 @@ class Bloom(nnx.Module):
     allowed = layers.attention_allowed(key_mask, offset, length, mode, key_prefix)
     kv = None if cache is None else {'k': cache['k'], 'v': cache['v']}
     layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layer)
-    if isinstance(self.h, nnx.List):  # per-layer blocks, see `unstack_layers`
-      x, kv = _loop_blocks(self.h, x, alibi, allowed, kv, offset, layer_keys)
-    else:
-      x, kv = _scan_blocks(self.h, x, alibi, allowed, kv, offset, layer_keys, cfg.remat)
+    x, kv = _scan_blocks(self.h, x, alibi, allowed, kv, offset, layer_keys, cfg.remat)
     x = self.ln_f(x)
     if cache is not None:
       cache = {**kv, 'mask': key_mask, 'index': cache['index'] + length}
@@ -194,31 +191,3 @@ def _scan_blocks(blocks, x, alibi, allowed, kv, cache_index, layer_keys, remat):
     return apply(block, x, alibi, allowed, kv, cache_index, key)
 
   return step(x, blocks, alibi, allowed, kv, cache_index, layer_keys)
-
-
-def _loop_blocks(blocks, x, alibi, allowed, kv, cache_index, layer_keys):
-  new_kv = []
-  for i, block in enumerate(blocks):
-    layer_kv = None if kv is None else {'k': kv['k'][i], 'v': kv['v'][i]}
-    key = None if layer_keys is None else layer_keys[i]
-    x, layer_kv = block(x, alibi, allowed, layer_kv, cache_index, key)
-    new_kv.append(layer_kv)
-  if kv is None:
-    return x, None
-  return x, {name: jnp.stack([layer[name] for layer in new_kv]) for name in ('k', 'v')}
-
-
-def unstack_layers(model: Bloom) -> Bloom:
-  """The same model with its blocks as a list of per-layer modules, for inference.
-
-  Inside a decoding loop, a scan over stacked weights copies each layer's slice out of
-  the stack at every token: as many bytes again as the matmuls read (on CPU it took as
-  long as they did). Unstacked once before the loop, every weight is read in place. The
-  price: one copy of the weights per call, and a step whose compile time grows with depth.
-  """
-  graphdef, state = nnx.split(model.h)
-  blocks = [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], state))
-            for i in range(model.cfg.n_layer)]
-  unstacked = nnx.merge(*nnx.split(model))
-  unstacked.h = nnx.List(blocks)
-  return unstacked

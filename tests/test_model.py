@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from bloom_jax import compat, layers
-from bloom_jax.model import Bloom, BloomConfig, init_cache, unstack_layers
+from bloom_jax.model import Bloom, BloomConfig, init_cache
 
 VOCAB = 61
 
@@ -257,17 +257,6 @@ def test_cached_decoding_equals_full_forward(position, chunks):
                                 np.pad(mask, ((0, 0), (0, 4))))
   real = mask > 0
   np.testing.assert_allclose(stepped[real], full[real], atol=1e-5)
-
-
-def test_unstacked_layers_compute_the_same_model():
-  model = _random_model()
-  unstacked = unstack_layers(model)
-  assert len(unstacked.h) == model.cfg.n_layer and not isinstance(model.h, nnx.List)
-  ids, mask = _prompt_batch()
-  full = _logits(model, ids, mask)
-  np.testing.assert_allclose(_logits(unstacked, ids, mask), full, atol=1e-5)
-  stepped, _ = _decode(unstacked, ids, mask, [5, 4, 3], _step)
-  np.testing.assert_allclose(stepped[mask > 0], full[mask > 0], atol=1e-5)
 
 
 def test_cached_decoding_eagerly():
