@@ -29,8 +29,7 @@ def token_nll(logits, targets):
   logits = logits.astype(jnp.float32)
   one_hot = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
   target = jnp.sum(logits * one_hot, axis=-1)
-  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1))
-  return jax.nn.logsumexp(logits, axis=-1) - target, target >= top
+  return jax.nn.logsumexp(logits, axis=-1) - target, target >= jnp.max(logits, axis=-1)
 
 
 def task_statistics(model, task, head, batch, dropout_key=None):

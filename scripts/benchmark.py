@@ -450,6 +450,8 @@ def main(argv=None) -> dict:
   log = lambda msg: print(f'[{time.perf_counter() - started:6.1f}s] {msg}', file=sys.stderr,
                           flush=True)
   if args.config:
+    if not all(v.count(':') == 1 for v in args.variants.split(',')):
+      parser.error(f'--variants: expected REMAT:ATTENTION_KERNEL pairs, got {args.variants!r}')
     return bench_model_config(args, log)
   shape = dict(QUICK if args.quick else FULL)
   if args.steps:

@@ -220,8 +220,8 @@ class Pipeline:
     # A run keeps its own copy beside its checkpoints; the copy in the prepared-data cache
     # spares the next run reading every training text (a minute for the built-in data).
     name = f'tokenizer-{key}.json'
-    path, cached = os.path.join(workdir or self.prepared_dir, name), os.path.join(
-        self.prepared_dir, name)
+    path = os.path.join(workdir or self.prepared_dir, name)
+    cached = os.path.join(self.prepared_dir, name)
     found = next((p for p in (path, cached) if os.path.exists(p)), None)
     if found:
       tok = tokenizer_lib.Tokenizer.load(found)
