@@ -29,7 +29,9 @@ def inside_workdir(workdir: str, path: str, flag: str) -> str:
 
 def _fail(message: str) -> None:
   program = sys.argv[0].rsplit('/', 1)[-1]
-  print(f'{program}: error: ' + ' '.join(message.split()), file=sys.stderr)
+  # One write, so a library thread logging at the same moment cannot split the line.
+  sys.stderr.write(f'{program}: error: ' + ' '.join(message.split()) + '\n')
+  sys.stderr.flush()
   sys.exit(2)
 
 
