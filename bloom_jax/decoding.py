@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bloom_jax.model import init_cache
+from bloom_jax.model import init_cache, unstack_layers
 
 Cache = Any
 LogitsFn = Callable[..., tuple[jax.Array, Cache]]
@@ -62,8 +62,11 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids: jax.Array,
     'graphdef', 'cfg', 'max_new_tokens', 'eos_id', 'pad_id', 'method', 'temperature', 'top_k',
     'top_p', 'num_beams', 'length_penalty', 'prompt_mode'))
 def _generate(graphdef, cfg, state, prompt_ids, prompt_mask, seed, **options):
-  return decode(module_logits_fn(graphdef), functools.partial(init_cache, cfg), state,
-                prompt_ids, prompt_mask, seed=seed, **options)
+  # Once per call, outside the token loop: each step then reads every weight in place.
+  graphdef, state = nnx.split(unstack_layers(nnx.merge(graphdef, state)))
+  new_cache = functools.partial(init_cache, cfg, per_layer=True)
+  return decode(module_logits_fn(graphdef), new_cache, state, prompt_ids, prompt_mask,
+                seed=seed, **options)
 
 
 def module_logits_fn(graphdef: nnx.GraphDef) -> LogitsFn:

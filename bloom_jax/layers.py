@@ -177,18 +177,23 @@ class Attention(nnx.Module):
     """x [B, Q, H]; alibi: None or the float32 ALiBi bias, [B, n, 1, K] or [B, n, Q, K];
     allowed [B, 1, Q, K].
 
-    With `kv` (this layer's cache, {'k', 'v'} of [B, T, n, d]) the new keys and values
+    With `kv` (this layer's cache: 'k' [B, n, d, T], 'v' [B, n, T, d]) the new keys and values
     are written at `cache_index` and attention runs over the whole cache.
     """
     dt = self.dtype
     qkv = jnp.einsum('bqh,hntd->bqntd', x, self.qkv_kernel[...].astype(dt))
     qkv = qkv + self.qkv_bias[...].astype(dt)
     q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
+    layout = 'bknd', 'bknd'
     if kv is not None:
-      k = jax.lax.dynamic_update_slice_in_dim(kv['k'], k.astype(kv['k'].dtype), cache_index, 1)
-      v = jax.lax.dynamic_update_slice_in_dim(kv['v'], v.astype(kv['v'].dtype), cache_index, 1)
+      # The cache holds keys as [B, n, d, T] and values as [B, n, T, d], the layouts the
+      # score and context products read, so no cache is transposed for each new token.
+      k = jax.lax.dynamic_update_slice_in_dim(
+          kv['k'], k.transpose(0, 2, 3, 1).astype(kv['k'].dtype), cache_index, 3)
+      v = jax.lax.dynamic_update_slice_in_dim(
+          kv['v'], v.transpose(0, 2, 1, 3).astype(kv['v'].dtype), cache_index, 2)
       kv = {'k': k, 'v': v}
-      k, v = k.astype(dt), v.astype(dt)
+      k, v, layout = k.astype(dt), v.astype(dt), ('bndk', 'bnkd')
     if self.kernel == 'cudnn' and kv is None and (dropout_key is None or
                                                   not self.attention_dropout):
       # Fused: the [B, n, Q, K] scores never reach memory (bias and mask are summed
@@ -197,13 +202,18 @@ class Attention(nnx.Module):
       context = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=allowed,
                                              implementation='cudnn')
     else:
-      context = self._einsum_attention(q, k, v, alibi, allowed, dropout_key)
-    out = jnp.einsum('bqnd,ndh->bqh', context, self.out_kernel[...].astype(dt))
+      context = self._einsum_attention(q, k, v, layout, alibi, allowed, dropout_key)
+    # One [n*d, H] matrix: contracting (n, d) as two axes, XLA may re-lay the kernel out
+    # per call (per token when decoding) rather than the small context.
+    kernel = self.out_kernel[...].astype(dt)
+    out = context.reshape(*context.shape[:2], -1) @ kernel.reshape(-1, kernel.shape[-1])
     return out + self.out_bias[...].astype(dt), kv
 
-  def _einsum_attention(self, q, k, v, alibi, allowed, dropout_key):
+  def _einsum_attention(self, q, k, v, layout, alibi, allowed, dropout_key):
+    """`layout` names the key and value axes: ('bknd', 'bknd') or the cache's."""
     dt = self.dtype
-    scores = jnp.einsum('bqnd,bknd->bnqk', q, k) * (1.0 / math.sqrt(self.head_dim))
+    k_axes, v_axes = layout
+    scores = jnp.einsum(f'bqnd,{k_axes}->bnqk', q, k) * (1.0 / math.sqrt(self.head_dim))
     if alibi is not None:
       # HF adds the bias in the activation dtype, which is coarse in bf16 at long
       # positions; `alibi_fp32` keeps it exact at no real cost.
@@ -212,7 +222,7 @@ class Attention(nnx.Module):
     scores = jnp.where(allowed, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     probs = dropout(probs, self.attention_dropout, dropout_key)
-    return jnp.einsum('bnqk,bknd->bqnd', probs, v)
+    return jnp.einsum(f'bnqk,{v_axes}->bqnd', probs, v)
 
 
 class MLP(nnx.Module):

@@ -88,13 +88,23 @@ class BloomConfig:
     return v * h + 2 * h + self.n_layer * (12 * h * h + 13 * h) + 2 * h
 
 
-def init_cache(cfg: BloomConfig, batch_size: int, max_length: int, dtype=None) -> dict[str, Any]:
-  """An empty key/value cache for `max_length` tokens (prompt and generated together)."""
-  shape = (cfg.n_layer, batch_size, max_length, cfg.n_head, cfg.head_dim)
-  dtype = dtype or cfg.dtype
+def init_cache(cfg: BloomConfig, batch_size: int, max_length: int, dtype=None,
+               per_layer: bool = False) -> dict[str, Any]:
+  """An empty key/value cache for `max_length` tokens (prompt and generated together).
+
+  Keys are [B, n, d, T] and values [B, n, T, d] per layer (see layers.Attention), stacked
+  along a leading layer axis for the scanned model, or one array per layer in a list
+  (`per_layer`) for a model whose layers were unstacked (`unstack_layers`).
+  """
+  n, d, dtype = cfg.n_head, cfg.head_dim, dtype or cfg.dtype
+  k, v = (batch_size, n, d, max_length), (batch_size, n, max_length, d)
+  if per_layer:
+    kv = {'k': [jnp.zeros(k, dtype) for _ in range(cfg.n_layer)],
+          'v': [jnp.zeros(v, dtype) for _ in range(cfg.n_layer)]}
+  else:
+    kv = {'k': jnp.zeros((cfg.n_layer, *k), dtype), 'v': jnp.zeros((cfg.n_layer, *v), dtype)}
   return {
-      'k': jnp.zeros(shape, dtype),
-      'v': jnp.zeros(shape, dtype),
+      **kv,
       'mask': jnp.zeros((batch_size, max_length), jnp.int32),  # which cache slots hold tokens
       'index': jnp.zeros((), jnp.int32),                        # next free slot
   }
@@ -171,7 +181,10 @@ class Bloom(nnx.Module):
     allowed = layers.attention_allowed(key_mask, offset, length, mode, key_prefix)
     kv = None if cache is None else {'k': cache['k'], 'v': cache['v']}
     layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layer)
-    x, kv = _scan_blocks(self.h, x, alibi, allowed, kv, offset, layer_keys, cfg.remat)
+    if isinstance(self.h, nnx.List):  # per-layer blocks, see `unstack_layers`
+      x, kv = _loop_blocks(self.h, x, alibi, allowed, kv, offset, layer_keys)
+    else:
+      x, kv = _scan_blocks(self.h, x, alibi, allowed, kv, offset, layer_keys, cfg.remat)
     x = self.ln_f(x)
     if cache is not None:
       cache = {**kv, 'mask': key_mask, 'index': cache['index'] + length}
@@ -191,3 +204,34 @@ def _scan_blocks(blocks, x, alibi, allowed, kv, cache_index, layer_keys, remat):
     return apply(block, x, alibi, allowed, kv, cache_index, key)
 
   return step(x, blocks, alibi, allowed, kv, cache_index, layer_keys)
+
+
+def _loop_blocks(blocks, x, alibi, allowed, kv, cache_index, layer_keys):
+  if kv is not None and not isinstance(kv['k'], list):
+    raise ValueError('a model with unstacked layers takes a per-layer cache: '
+                     'init_cache(..., per_layer=True)')
+  new_kv = {'k': [], 'v': []}
+  for i, block in enumerate(blocks):
+    layer_kv = None if kv is None else {'k': kv['k'][i], 'v': kv['v'][i]}
+    key = None if layer_keys is None else layer_keys[i]
+    x, layer_kv = block(x, alibi, allowed, layer_kv, cache_index, key)
+    if layer_kv is not None:
+      new_kv['k'].append(layer_kv['k'])
+      new_kv['v'].append(layer_kv['v'])
+  return x, None if kv is None else new_kv
+
+
+def unstack_layers(model: Bloom) -> Bloom:
+  """The same model with its blocks as a list of per-layer modules, for inference.
+
+  Inside a decoding loop, a scan over stacked weights copies each layer's slice out of
+  the stack at every token: as many bytes again as the matmuls read (on CPU it took as
+  long as they did). Unstacked once before the loop, every weight is read in place. The
+  price: one copy of the weights per call, and a step whose compile time grows with depth.
+  """
+  graphdef, state = nnx.split(model.h)
+  blocks = [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], state))
+            for i in range(model.cfg.n_layer)]
+  unstacked = nnx.merge(*nnx.split(model))
+  unstacked.h = nnx.List(blocks)
+  return unstacked

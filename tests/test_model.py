@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from bloom_jax import compat, layers
-from bloom_jax.model import Bloom, BloomConfig, init_cache
+from bloom_jax.model import Bloom, BloomConfig, init_cache, unstack_layers
 
 VOCAB = 61
 
@@ -226,7 +226,8 @@ def _prompt_batch():
 
 def _decode(model, ids, mask, chunks, step, max_length=16, **prompt_kwargs):
   """Logits of `ids` fed through a cache in `chunks`; prompt_kwargs apply to the first."""
-  cache = init_cache(model.cfg, batch_size=ids.shape[0], max_length=max_length)
+  cache = init_cache(model.cfg, batch_size=ids.shape[0], max_length=max_length,
+                     per_layer=isinstance(model.h, nnx.List))
   pieces, start = [], 0
   for i, size in enumerate(chunks):
     kwargs = prompt_kwargs if i == 0 else {}
@@ -257,6 +258,22 @@ def test_cached_decoding_equals_full_forward(position, chunks):
                                 np.pad(mask, ((0, 0), (0, 4))))
   real = mask > 0
   np.testing.assert_allclose(stepped[real], full[real], atol=1e-5)
+
+
+def test_unstacked_layers_compute_the_same_model():
+  model = _random_model()
+  unstacked = unstack_layers(model)
+  assert len(unstacked.h) == model.cfg.n_layer and not isinstance(model.h, nnx.List)
+  ids, mask = _prompt_batch()
+  full = _logits(model, ids, mask)
+  np.testing.assert_allclose(_logits(unstacked, ids, mask), full, atol=1e-5)
+  stepped, cache = _decode(unstacked, ids, mask, [5, 4, 3], _step)
+  np.testing.assert_allclose(stepped[mask > 0], full[mask > 0], atol=1e-5)
+  _, stacked_cache = _decode(model, ids, mask, [5, 4, 3], _step)
+  for name in ('k', 'v'):
+    np.testing.assert_allclose(np.stack(cache[name]), stacked_cache[name], atol=1e-5)
+  with pytest.raises(ValueError, match='per_layer=True'):
+    unstacked(jnp.asarray(ids), jnp.asarray(mask), cache=init_cache(model.cfg, 3, 16))
 
 
 def test_cached_decoding_eagerly():
