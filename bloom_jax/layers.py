@@ -7,6 +7,7 @@ layout), and position information comes only from ALiBi, a per-head linear bias 
 the attention scores (Press et al., 2022).
 """
 
+import functools
 import math
 
 import jax
@@ -184,36 +185,66 @@ class Attention(nnx.Module):
     qkv = jnp.einsum('bqh,hntd->bqntd', x, self.qkv_kernel[...].astype(dt))
     qkv = qkv + self.qkv_bias[...].astype(dt)
     q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
-    layout = 'bknd', 'bknd'
     if kv is not None:
-      # The cache holds keys as [B, n, d, T] and values as [B, n, T, d], the layouts the
-      # score and context products read, so no cache is transposed for each new token.
-      k = jax.lax.dynamic_update_slice_in_dim(
-          kv['k'], k.transpose(0, 2, 3, 1).astype(kv['k'].dtype), cache_index, 3)
-      v = jax.lax.dynamic_update_slice_in_dim(
-          kv['v'], v.transpose(0, 2, 1, 3).astype(kv['v'].dtype), cache_index, 2)
-      kv = {'k': k, 'v': v}
-      k, v, layout = k.astype(dt), v.astype(dt), ('bndk', 'bnkd')
-    if self.kernel == 'cudnn' and kv is None and (dropout_key is None or
-                                                  not self.attention_dropout):
+      context, kv = self._cached_attention(q, k, v, kv, cache_index, alibi, allowed, dropout_key)
+    elif self.kernel == 'cudnn' and (dropout_key is None or not self.attention_dropout):
       # Fused: the [B, n, Q, K] scores never reach memory (bias and mask are summed
       # once per call).
       bias = None if alibi is None else alibi.astype(dt)
       context = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=allowed,
                                              implementation='cudnn')
     else:
-      context = self._einsum_attention(q, k, v, layout, alibi, allowed, dropout_key)
+      context = self._einsum_attention(q, [(k, 'bknd', v, 'bknd')], alibi, allowed, dropout_key)
     # One [n*d, H] matrix: contracting (n, d) as two axes, XLA may re-lay the kernel out
     # per call (per token when decoding) rather than the small context.
     kernel = self.out_kernel[...].astype(dt)
     out = context.reshape(*context.shape[:2], -1) @ kernel.reshape(-1, kernel.shape[-1])
     return out + self.out_bias[...].astype(dt), kv
 
-  def _einsum_attention(self, q, k, v, layout, alibi, allowed, dropout_key):
-    """`layout` names the key and value axes: ('bknd', 'bknd') or the cache's."""
+  def _cached_attention(self, q, k, v, kv, cache_index, alibi, allowed, dropout_key):
+    """Attention of Q new tokens over the cache's T slots, the new ones at `cache_index`.
+
+    The cache holds keys as [B, n, d, T] and values as [B, n, T, d], the layouts the
+    score and context products read, so no cache is transposed per token. Each cache is
+    updated in place once per call, which XLA only does (rather than copy it, at every
+    token, more bytes than a small model's weights) when nothing reads the updated cache
+    and the write provably comes after the reads: so the products read the cache as it
+    was plus the new keys and values as a block of their own, and the write depends on
+    their result.
+    """
+    new_k, new_v = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
+    length, slot = q.shape[1], jnp.arange(kv['k'].shape[-1])
+    fresh = (slot >= cache_index) & (slot < cache_index + length)  # not yet in the old cache
+    new = lambda x: jax.lax.dynamic_slice_in_dim(x, cache_index, length, x.ndim - 1)
+    allowed = jnp.concatenate([allowed & ~fresh, new(allowed)], axis=-1)
+    if alibi is not None:
+      alibi = jnp.concatenate([alibi, new(alibi)], axis=-1)
     dt = self.dtype
-    k_axes, v_axes = layout
-    scores = jnp.einsum(f'bqnd,{k_axes}->bnqk', q, k) * (1.0 / math.sqrt(self.head_dim))
+    blocks = [(kv['k'].astype(dt), 'bndk', kv['v'].astype(dt), 'bnkd'),
+              (new_k, 'bndk', new_v, 'bnkd')]
+    context = self._einsum_attention(q, blocks, alibi, allowed, dropout_key)
+    # A zero computed from the context (x * 0 is not folded for floats): the data
+    # dependency that orders the in-place write after the reads.
+    after_reads = context[:1, :1, :1, :1].astype(new_k.dtype) * 0
+    new_k, new_v = new_k + after_reads, new_v + after_reads
+    updated = {
+        'k': jax.lax.dynamic_update_slice_in_dim(
+            kv['k'], new_k.astype(kv['k'].dtype), cache_index, 3),
+        'v': jax.lax.dynamic_update_slice_in_dim(
+            kv['v'], new_v.astype(kv['v'].dtype), cache_index, 2),
+    }
+    return context, updated
+
+  def _einsum_attention(self, q, blocks, alibi, allowed, dropout_key):
+    """Softmax attention over keys given in blocks along the key axis.
+
+    `blocks`: [(keys, their axes, values, their axes), ...], e.g. axes 'bknd'; `alibi`
+    and `allowed` cover the blocks' keys in order.
+    """
+    dt = self.dtype
+    scores = jnp.concatenate([jnp.einsum(f'bqnd,{k_axes}->bnqk', q, k)
+                              for k, k_axes, _, _ in blocks], axis=-1)
+    scores = scores * (1.0 / math.sqrt(self.head_dim))
     if alibi is not None:
       # HF adds the bias in the activation dtype, which is coarse in bf16 at long
       # positions; `alibi_fp32` keeps it exact at no real cost.
@@ -222,7 +253,11 @@ class Attention(nnx.Module):
     scores = jnp.where(allowed, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     probs = dropout(probs, self.attention_dropout, dropout_key)
-    return jnp.einsum(f'bnqk,{v_axes}->bqnd', probs, v)
+    sizes = [k.shape[k_axes.index('k')] for k, k_axes, _, _ in blocks]
+    parts = jnp.split(probs, np.cumsum(sizes)[:-1], axis=-1)
+    context = [jnp.einsum(f'bnqk,{v_axes}->bqnd', p, v)
+               for p, (_, _, v, v_axes) in zip(parts, blocks, strict=True)]
+    return functools.reduce(jnp.add, context)
 
 
 class MLP(nnx.Module):
