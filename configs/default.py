@@ -53,7 +53,10 @@ def get_config(arg=None):
   c.model.position = 'alibi'       # 'alibi' | 'sinusoidal' | 'none'
   c.model.dtype = 'float32'        # compute dtype
   c.model.param_dtype = 'float32'
-  c.model.remat = 'none'           # 'none' | 'full' | 'dots'
+  # 'none' | 'full' | 'dots'. 'dots' keeps only the matmul outputs for the backward pass and
+  # recomputes the cheap elementwise rest: less memory, and on CPU a faster step than
+  # 'none', which writes every GeLU intermediate into the layer scan's stacked residuals.
+  c.model.remat = 'dots'
   c.model.dropout = 0.0
   c.model.init_std = 0.02
 
