@@ -3,8 +3,8 @@ r"""Learning curves per task from the metrics.jsonl of bloom_jax.train runs.
   python scripts/plot_metrics.py runs/results --out docs/results       # all runs under a root
   python scripts/plot_metrics.py runs/a runs/b --out plots               # given workdirs
 
-For every task it writes `<out>/curves-<task>.png`: the training loss and each validation metric
-against the step, one line per run that trained the task (the run's directory name is its
+It writes `<out>/learning-curves.png`, a row per task: the training loss and each validation
+metric against the step, one line per run that trained the task (the run's directory name is its
 label, so `multi-seed0` and `pos-seed0` compare directly). Needs matplotlib
 (`pip install -e '.[plots]'`).
 """
@@ -49,16 +49,19 @@ def runs_under(paths: list[str]) -> list[str]:
   return found
 
 
-def plot(runs: dict[str, dict], out_dir: str) -> list[str]:
-  """One PNG per task; returns the paths written."""
+def plot(runs: dict[str, dict], out_dir: str) -> str:
+  """One PNG, a row per task; returns its path."""
   os.makedirs(out_dir, exist_ok=True)
   tasks = sorted({task for curves in runs.values() for task in curves})
-  written = []
-  for task in tasks:
-    series = sorted({s for curves in runs.values() for s in curves.get(task, {})},
-                    key=lambda s: (s != 'train/loss', s))
-    fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.4), squeeze=False)
-    for ax, name in zip(axes[0], series, strict=True):
+  series = {task: sorted({s for curves in runs.values() for s in curves.get(task, {})},
+                         key=lambda s: (s != 'train/loss', s)) for task in tasks}
+  columns = max(len(names) for names in series.values())
+  fig, axes = plt.subplots(len(tasks), columns, figsize=(4.2 * columns, 3.4 * len(tasks)),
+                           squeeze=False)
+  for row, task in zip(axes, tasks, strict=True):
+    for ax in row[len(series[task]):]:
+      ax.set_visible(False)
+    for ax, name in zip(row, series[task], strict=False):
       for label, curves in sorted(runs.items()):
         if name in curves.get(task, {}):
           steps, values = curves[task][name]
@@ -67,26 +70,24 @@ def plot(runs: dict[str, dict], out_dir: str) -> list[str]:
       ax.set_title(f'{task}: {name}')
       ax.set_xlabel('step')
       ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(out_dir, f'curves-{task}.png')
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    written.append(path)
-  return written
+    row[0].legend(fontsize=7)
+  fig.tight_layout()
+  path = os.path.join(out_dir, 'learning-curves.png')
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+  return path
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('paths', nargs='+', help='workdirs, or directories holding workdirs')
-  parser.add_argument('--out', required=True, help='directory for the curves-<task>.png files')
+  parser.add_argument('--out', required=True, help='directory for learning-curves.png')
   args = parser.parse_args()
   workdirs = runs_under(args.paths)
   if not workdirs:
     raise SystemExit(f'{", ".join(args.paths)}: no workdir with a metrics.jsonl')
   runs = {os.path.basename(os.path.normpath(w)): read_curves(w) for w in workdirs}
-  for path in plot(runs, args.out):
-    print(f'wrote {path}')
+  print(f'wrote {plot(runs, args.out)}')
 
 
 if __name__ == '__main__':
