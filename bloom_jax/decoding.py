@@ -49,7 +49,9 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids: jax.Array,
   """Continues left-padded prompts [B, Lp] (mask 1 = token) by up to `max_new_tokens`.
 
   Every option but `seed` is static: a new value compiles a new program, a new seed
-  does not. See `decode` for what they mean.
+  does not. See `decode` for what they mean. The layers are unstacked for the token loop
+  inside every call (`model.unstack_layers`); to decode many batches with the same weights,
+  pass them unstacked once instead (`unstacked`).
   """
   cfg = nnx.merge(graphdef, state).cfg
   return _generate(graphdef, cfg, state, prompt_ids, prompt_mask, seed,
@@ -58,11 +60,17 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids: jax.Array,
                    length_penalty=length_penalty, prompt_mode=prompt_mode)
 
 
+def unstacked(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[nnx.GraphDef, nnx.State]:
+  """The same model with its layers unstacked, for `generate` calls with fixed weights."""
+  return nnx.split(unstack_layers(nnx.merge(graphdef, state)))
+
+
 @functools.partial(jax.jit, static_argnames=(
     'graphdef', 'cfg', 'max_new_tokens', 'eos_id', 'pad_id', 'method', 'temperature', 'top_k',
     'top_p', 'num_beams', 'length_penalty', 'prompt_mode'))
 def _generate(graphdef, cfg, state, prompt_ids, prompt_mask, seed, **options):
-  # Once per call, outside the token loop: each step then reads every weight in place.
+  # Outside the token loop (a no-op for an unstacked model): each step then reads every
+  # weight in place.
   graphdef, state = nnx.split(unstack_layers(nnx.merge(graphdef, state)))
   new_cache = functools.partial(init_cache, cfg, per_layer=True)
   return decode(module_logits_fn(graphdef), new_cache, state, prompt_ids, prompt_mask,

@@ -47,22 +47,24 @@ class Evaluator:
     spec = self.pipe.tasks[task]
     batch_size = _round_up(self.config.data.eval_batch_size, sharding.data_parallel_size(self.mesh))
     sums = metrics.TaskMetrics(spec.head, num_labels=spec.num_labels)
+    if spec.head == 'generation':  # unstacked once for all batches: the weights are fixed
+      decoder = decoding.unstacked(self.lm_graphdef,
+                                   compat.from_pure_dict(self.lm_abstract, params['bloom']))
     for batch in self.pipe.eval_batches(task, split, batch_size, max_examples):
       model_batch = {k: v for k, v in batch.items() if k not in ('prompt_ids', 'prompt_mask')}
       result = jax.device_get(self._steps[task](params, self._shard(model_batch)))
       predictions = None
       if spec.head == 'generation':
-        predictions = self._generate(params, batch, spec)
+        predictions = self._generate(decoder, batch, spec)
       sums.add(batch, result, predictions)
     references = self.pipe.references(task, split, max_examples) \
         if spec.head == 'generation' else None
     return sums.result(references)
 
-  def _generate(self, params, batch, spec) -> list[str]:
-    state = compat.from_pure_dict(self.lm_abstract, params['bloom'])
+  def _generate(self, decoder, batch, spec) -> list[str]:
     tok = self.pipe.tokenizer
     out = decoding.generate(
-        self.lm_graphdef, state, self._shard(batch['prompt_ids']),
+        *decoder, self._shard(batch['prompt_ids']),
         self._shard(batch['prompt_mask']), max_new_tokens=spec.target_length,
         eos_id=tok.eos_id, pad_id=tok.pad_id, method='greedy', prompt_mode='prefix')
     # Rows live on every process's devices; each host needs all of them for ROUGE.

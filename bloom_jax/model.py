@@ -227,8 +227,12 @@ def unstack_layers(model: Bloom) -> Bloom:
   Inside a decoding loop, a scan over stacked weights copies each layer's slice out of
   the stack at every token: as many bytes again as the matmuls read (on CPU it took as
   long as they did). Unstacked once before the loop, every weight is read in place. The
-  price: one copy of the weights per call, and a step whose compile time grows with depth.
+  price: one copy of the weights, and a step whose compile time grows with depth. A model
+  already unstacked is returned as it is, so weights that do not change between calls
+  (serving, benchmarks) are unstacked once rather than by every `decoding.generate`.
   """
+  if isinstance(model.h, nnx.List):
+    return model
   graphdef, state = nnx.split(model.h)
   blocks = [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], state))
             for i in range(model.cfg.n_layer)]

@@ -58,6 +58,12 @@ class Predictor:
     self.lm_graphdef, self.lm_abstract = nnx.split(model.bloom)
     self._logits = {}
 
+  @functools.cached_property
+  def _decoder(self) -> tuple[nnx.GraphDef, nnx.State]:
+    """The trunk with its layers unstacked once: the weights are the same for every batch."""
+    return decoding.unstacked(self.lm_graphdef,
+                              compat.from_pure_dict(self.lm_abstract, self.params['bloom']))
+
   def logits(self, task: str, batch: dict) -> np.ndarray:
     if task not in self._logits:
       self._logits[task] = jax.jit(functools.partial(
@@ -86,9 +92,8 @@ class Predictor:
         out.append({'text': texts[i], 'tags': list(zip(words, labels, strict=True))})
       return out
     mode = 'prefix' if spec.head == 'generation' else 'causal'
-    state = compat.from_pure_dict(self.lm_abstract, self.params['bloom'])
     result = decoding.generate(
-        self.lm_graphdef, state, sharding.global_batch(batch['prompt_ids'], self.mesh),
+        *self._decoder, sharding.global_batch(batch['prompt_ids'], self.mesh),
         sharding.global_batch(batch['prompt_mask'], self.mesh),
         max_new_tokens=spec.target_length, eos_id=tok.eos_id, pad_id=tok.pad_id,
         prompt_mode=mode, **decode_options)

@@ -9,7 +9,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bloom_jax import decoding
-from bloom_jax.model import Bloom, BloomConfig, init_cache
+from bloom_jax.model import Bloom, BloomConfig, init_cache, unstack_layers
 
 PAD = 3
 NEVER = -1  # an EOS id no model emits
@@ -105,6 +105,16 @@ def test_cached_greedy_equals_full_forward_argmax(split, prompts, mode):
   expected = argmax_without_cache(split, *prompts, 10, NEVER, mode)
   np.testing.assert_array_equal(out['tokens'], expected)
   np.testing.assert_array_equal(out['lengths'], [10] * len(PROMPT_LENGTHS))
+
+
+def test_a_model_unstacked_once_decodes_the_same(split, prompts, free_run):
+  graphdef, state = decoding.unstacked(*split)
+  unstacked = nnx.merge(graphdef, state)
+  assert isinstance(unstacked.h, nnx.List) and unstack_layers(unstacked) is unstacked
+  out = decoding.generate(graphdef, state, *prompts, max_new_tokens=10, eos_id=NEVER,
+                          pad_id=PAD)
+  np.testing.assert_array_equal(out['tokens'], free_run['tokens'])
+  np.testing.assert_allclose(out['scores'], free_run['scores'], rtol=1e-5)
 
 
 def test_prefix_mode_reads_the_prompt_both_ways(split, prompts, free_run):
