@@ -119,6 +119,23 @@ def test_resume_in_a_new_process(synthetic, tmp_path):
     assert len(z.files) == sum(len(b) for batch in expected for b in batch.values())
 
 
+def test_processes_sharing_a_cache_prepare_it_in_turn(tmp_path):
+  # Without the lock, a second trainer on a cold cache fails to move its copy of a TFDS
+  # dataset over the first's.
+  holder = subprocess.Popen([sys.executable, '-c', textwrap.dedent('''
+      import pathlib, sys, time
+      from bloom_jax.data import pipeline
+      with pipeline.exclusive(sys.argv[1]):
+        print('holding', flush=True)
+        time.sleep(1)
+        (pathlib.Path(sys.argv[1]) / 'finished').touch()
+      '''), str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == 'holding'
+  with data.pipeline.exclusive(str(tmp_path)):
+    assert (tmp_path / 'finished').exists()
+  assert holder.wait(timeout=60) == 0
+
+
 def test_eval_batches_cover_split_once_with_padding(synthetic):
   _, pipe, _ = synthetic
   batches = list(pipe.eval_batches('tagging', 'validation', 64, max_examples=100))

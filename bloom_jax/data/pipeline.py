@@ -9,9 +9,13 @@ Training batches are a pure function of (seed, step): task t draws its `b_t` row
 from positions [s*b_t, (s+1)*b_t) of an endless sequence of epochs, each epoch a
 permutation from `np.random.default_rng([seed, t, epoch])`. So resuming needs only the
 step, and process p of P takes rows [p*b_t/P, (p+1)*b_t/P) of every task's sub-batch.
+
+Processes sharing a cache take turns: the first builds, the others wait and then load.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -167,6 +171,29 @@ class Prepared:
     return cls(arrays, meta['stats'], meta['references'])
 
 
+@contextlib.contextmanager
+def exclusive(directory: str):
+  """Holds the data cache while this process reads or fills it.
+
+  Trainers started together on a cold cache (a parallel sweep, the processes of a
+  multi-host job on one machine) would each build the same TFDS dataset, and all but the
+  first would then fail to move their copy into place.
+  """
+  try:
+    os.makedirs(directory, exist_ok=True)
+    handle = open(os.path.join(directory, '.lock'), 'a')
+  except OSError:  # a read-only cache can only be read: there is nothing to guard
+    yield
+    return
+  with handle:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.info('waiting for another process preparing data in %s', directory)
+      fcntl.flock(handle, fcntl.LOCK_EX)
+    yield  # closing the handle releases the lock
+
+
 class Pipeline:
   """The data side of training: tasks, tokenizer, train iterator and eval batches."""
 
@@ -177,9 +204,10 @@ class Pipeline:
     self.prepared_dir = os.path.join(self.tfds_dir, 'bloom_jax_prepared')
     specs = tasks_lib.configure(config.tasks)
     self._raw = {}
-    self.tokenizer = self._load_tokenizer(specs, config.tokenizer, workdir)
-    self.token_bytes = self.tokenizer.token_bytes()
-    self.prepared = {name: self._prepare(spec) for name, spec in specs.items()}
+    with exclusive(self.prepared_dir):
+      self.tokenizer = self._load_tokenizer(specs, config.tokenizer, workdir)
+      self.token_bytes = self.tokenizer.token_bytes()
+      self.prepared = {name: self._prepare(spec) for name, spec in specs.items()}
     sizes = {t: len(p.arrays['train']['input_ids']) for t, p in self.prepared.items()}
     rates = tasks_lib.mixture_rates(config.data.rates, {t: s.rate for t, s in specs.items()},
                                     sizes, config.data.get('temperature', 1.0))
