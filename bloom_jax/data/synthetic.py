@@ -27,13 +27,18 @@ TAGS = ('ADJ', 'ADP', 'DET', 'NOUN', 'PUNCT', 'VERB')
 SENTIMENT_LABELS = ('negative', 'positive')
 
 
+def _pick(rng, words):
+  # The same draw as rng.choice(words), without converting the tuple to an array each time.
+  return words[rng.integers(len(words))]
+
+
 def _noun_phrase(rng, polar_adjs):
-  words = [(str(rng.choice(DET)), 'DET')]
+  words = [(_pick(rng, DET), 'DET')]
   for _ in range(rng.integers(0, 3)):
-    words.append((str(rng.choice(ADJ)), 'ADJ'))
+    words.append((_pick(rng, ADJ), 'ADJ'))
   words.extend((a, 'ADJ') for a in polar_adjs)
   nouns = NOUN + AMBIGUOUS
-  words.append((str(nouns[rng.integers(len(nouns))]), 'NOUN'))
+  words.append((_pick(rng, nouns), 'NOUN'))
   return words
 
 
@@ -46,18 +51,18 @@ def sentence(rng: np.random.Generator, polarity: int | None = None) -> list[tupl
     strong = int(rng.integers(1, 3))
     for _ in range(strong):
       if rng.random() < 0.3 and slots['verb'] is None:
-        slots['verb'] = str(rng.choice(verbs))
+        slots['verb'] = _pick(rng, verbs)
       else:
-        slots[str(rng.choice(['subj', 'obj']))].append(str(rng.choice(adjs)))
+        slots[_pick(rng, ('subj', 'obj'))].append(_pick(rng, adjs))
     if strong == 2 and rng.random() < 0.5:
-      slots['subj'].append(str(rng.choice(other_adjs)))
+      slots['subj'].append(_pick(rng, other_adjs))
   if slots['verb'] is None:
     verb_pool = VERB + AMBIGUOUS
-    slots['verb'] = str(verb_pool[rng.integers(len(verb_pool))])
+    slots['verb'] = _pick(rng, verb_pool)
   words = _noun_phrase(rng, slots['subj']) + [(slots['verb'], 'VERB')]
   words += _noun_phrase(rng, slots['obj'])
   if rng.random() < 0.4:
-    words += [(str(rng.choice(ADP)), 'ADP')] + _noun_phrase(rng, [])
+    words += [(_pick(rng, ADP), 'ADP')] + _noun_phrase(rng, [])
   return words + [('.', 'PUNCT')]
 
 
