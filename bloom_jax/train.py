@@ -87,10 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     evaluator = evaluation.Evaluator(config, pipe, setup.graphdef, setup.abstract_state, mesh)
 
     # ---------------------------------------------------------------------- loop
-    # Imported here: clu's writers load TensorFlow (seconds), which evaluate, predict and
-    # the benchmarks, importing this module for `build`, never need.
-    from clu import metric_writers
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    writer = _summary_writer(workdir, is_chief) if config.get('tensorboard', True) else None
     metrics_file = None
     if is_chief:
       metrics_file = cleanup.enter_context(open(os.path.join(workdir, 'metrics.jsonl'), 'a'))
@@ -134,7 +131,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         break
 
     ckpt.wait()
-    writer.flush()
+    if writer:
+      writer.flush()
     return last_line
 
 
@@ -245,9 +243,16 @@ def _check_finite(state, tasks, config):
                          'checkpoint holds it. Set skip_nonfinite=True to skip such updates.')
 
 
+def _summary_writer(workdir: str, is_chief: bool):
+  # Imported here: clu's writers load TensorFlow (seconds), which evaluate, predict and
+  # the benchmarks, importing this module for `build`, never need.
+  from clu import metric_writers
+  return metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+
+
 def _write(writer, metrics_file, line: dict) -> dict:
-  step = line['step']
-  writer.write_scalars(step, {k: v for k, v in line.items() if k != 'step'})
+  if writer:
+    writer.write_scalars(line['step'], {k: v for k, v in line.items() if k != 'step'})
   if metrics_file:
     metrics_file.write(json.dumps(line) + '\n')
     metrics_file.flush()

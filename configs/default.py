@@ -20,6 +20,7 @@ def get_config(arg=None):
   c.best_metric = 'eval/sentiment/accuracy'  # checkpoint kept as "best" ('' disables)
   c.best_mode = 'max'
   c.skip_nonfinite = False         # True: skip an update whose loss/grads are NaN/inf
+  c.tensorboard = True             # also write TensorBoard event files (loads TensorFlow)
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1 fills the devices
 

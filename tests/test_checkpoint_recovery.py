@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bloom_jax import checkpointing
+from tests.tiny import child_env
 
 STEPS = (2, 4, 6)
 CONFIG_JSON = '{"model": "tiny"}'
@@ -174,7 +175,7 @@ def test_failed_save_raises_clearly_and_keeps_earlier_checkpoints(tmp_path):
   import sys
   proc = subprocess.run([sys.executable, '-c', FAILING_SAVE, str(tmp_path)], capture_output=True,
                         text=True, timeout=300,
-                        env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1'))
+                        env=child_env(1))
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out['error'] is not None, 'the save past the file-size limit did not fail'

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bloom_jax import cli, config_lib, evaluate, evaluation, hf, predict, train
-from tests.tiny import tiny_config
+from tests.tiny import child_env, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,6 +20,7 @@ def run_dir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('run'))
   config = tiny_config()
   config.total_steps = 4
+  config.tensorboard = True
   train.train_and_evaluate(config, workdir)
   return workdir
 
@@ -30,9 +31,17 @@ def restored(run_dir):
 
 
 def _cli(*args, cwd=REPO):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  env = child_env(1)
   return subprocess.run([sys.executable, '-m', *args], cwd=cwd, env=env, capture_output=True,
                         text=True, timeout=600)
+
+
+def test_tensorboard_events_hold_the_logged_metrics(run_dir):
+  import tensorflow as tf
+  [events] = [f for f in os.listdir(run_dir) if f.startswith('events.out.tfevents')]
+  tags = {v.tag for e in tf.compat.v1.train.summary_iterator(os.path.join(run_dir, events))
+          for v in e.summary.value}
+  assert {'loss', 'train/sentiment/loss', 'eval/summarize/rougeL'} <= tags
 
 
 def test_evaluate_scores_every_task(restored):

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import pathlib
 import shlex
 import shutil
@@ -13,6 +12,7 @@ import pytest
 
 from bloom_jax import config_lib, sweep
 from configs import sweep_default
+from tests.tiny import child_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LR, BATCH = 'optimizer.learning_rate', 'data.batch_size'
@@ -228,7 +228,7 @@ def test_a_sweep_definition_error_is_one_line(tmp_path):
 def test_sweep_runs_resumes_reports_and_survives_a_crash(tmp_path):
   # One CPU device per trainer; trials with the same shapes share compilations through
   # the session's compilation cache (conftest.py).
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+  env = child_env(1)
   root = tmp_path / 'sweep'
   run = _sweep(root, 'configs/sweep_default.py', '--parallel', '2', env=env)
   assert run.returncode == 0, run.stderr[-3000:]

@@ -16,7 +16,7 @@ import pytest
 
 from bloom_jax import checkpointing, config_lib, sharding, train
 from bloom_jax import data as data_lib
-from tests.tiny import tiny_config
+from tests.tiny import child_env, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -159,8 +159,7 @@ print('RESULT ' + json.dumps(line))
 
 
 def _launch(workdir, devices, env_extra):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             **env_extra)
+  env = child_env(devices, **env_extra)
   return subprocess.Popen([sys.executable, '-c', WORKER, workdir], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -222,7 +221,7 @@ def test_nonfinite_loss_stops_without_poisoning_checkpoints(tmp_path):
 
 
 def _run_cli(workdir, *overrides, prefix=()):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  env = child_env(1)
   return subprocess.Popen(
       [*prefix, sys.executable, '-m', 'bloom_jax.train', '--config', 'tests/tiny.py',
        '--workdir', workdir, '--config.total_steps=12', '--config.checkpoint_every=3',
@@ -242,8 +241,7 @@ def _last_line(workdir):
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_matches(tmp_path):
-  full = _run_cli(str(tmp_path / 'full'))
-  assert full.wait(timeout=600) == 0, full.stderr.read()[-2000:]
+  full = _run_cli(str(tmp_path / 'full'))  # alongside the killed runs: most of each is start-up
   rng = np.random.default_rng(0)
   killed = tmp_path / 'killed'
   for _ in range(2):
@@ -257,6 +255,8 @@ def test_sigkill_at_random_moments_then_resume_matches(tmp_path):
       proc.wait()
   final = _run_cli(str(killed))
   assert final.wait(timeout=600) == 0, final.stderr.read()[-2000:]
+  _, stderr = full.communicate(timeout=600)
+  assert full.returncode == 0, stderr[-2000:]
   assert _last_line(killed) == _last_line(tmp_path / 'full')
 
 
@@ -271,6 +271,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   ckpt = checkpointing.Checkpointer(str(tmp_path), keep=2)
   assert ckpt.latest_step() is not None and ckpt.latest_step() < 100000
   ckpt.close()
+  assert not list(tmp_path.glob('events.out.tfevents*'))  # config.tensorboard=False
 
 
 def test_second_trainer_on_the_same_workdir_is_refused(tmp_path):

@@ -1,11 +1,15 @@
 """The tiny run every training test starts from: the built-in data, a 2-layer trunk."""
 
+import os
+import re
+
 from configs import default
 
 
 def tiny_config(**mesh):
   c = default.get_config()
   c.total_steps = 8
+  c.tensorboard = False  # TensorFlow's import is a third of a tiny run's start-up
   c.log_every = 2
   c.eval_every = 4
   c.checkpoint_every = 4
@@ -28,3 +32,11 @@ def get_config(arg=None):
   """So the command line can run it: --config tests/tiny.py."""
   del arg
   return tiny_config()
+
+
+def child_env(devices: int, **extra: str) -> dict:
+  """The environment of a test's child process: `devices` CPU devices, the suite's XLA flags."""
+  flags = re.sub(r'--xla_force_host_platform_device_count=\d+', '',
+                 os.environ.get('XLA_FLAGS', ''))
+  return dict(os.environ, **extra,
+              XLA_FLAGS=f'{flags.strip()} --xla_force_host_platform_device_count={devices}')
