@@ -65,11 +65,19 @@ CORRUPTIONS = {
 }
 
 
+# A restore that fails on a truncated array file leaves tensorstore reads in flight; when
+# they finish, their callbacks find Orbax's event loop already closed. Harmless (the failed
+# restore has been handled by then), but Python reports it as an unraisable exception.
+LATE_READS_AFTER_A_FAILED_RESTORE = pytest.mark.filterwarnings(
+    r'ignore:(?s)Exception ignored.*Event loop is closed:pytest.PytestUnraisableExceptionWarning')
+
+
 def _warnings_about(caplog, step):
   return [r for r in caplog.records
           if r.levelno == logging.WARNING and f'Checkpoint {step} ' in r.getMessage()]
 
 
+@LATE_READS_AFTER_A_FAILED_RESTORE
 @pytest.mark.parametrize('corrupt', sorted(CORRUPTIONS))
 def test_falls_back_to_newest_intact_and_saves_over_corrupt_step(tmp_path, caplog, corrupt):
   _save(tmp_path, STEPS)
@@ -96,6 +104,7 @@ def test_falls_back_to_newest_intact_and_saves_over_corrupt_step(tmp_path, caplo
   assert (checkpoints / '2').is_dir() and (checkpoints / '4').is_dir()
 
 
+@LATE_READS_AFTER_A_FAILED_RESTORE
 def test_keep_newest_policy_does_not_collect_the_intact_fallback(tmp_path):
   # With keep=2 a leftover corrupt step 6 would count as one of the two newest, and the
   # first save after resuming would garbage-collect step 4, the only intact checkpoint.
