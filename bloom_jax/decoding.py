@@ -71,7 +71,7 @@ def unstacked(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[nnx.GraphDef, n
 def _generate(graphdef, cfg, state, prompt_ids, prompt_mask, seed, **options):
   # Outside the token loop (a no-op for an unstacked model): each step then reads every
   # weight in place.
-  graphdef, state = nnx.split(unstack_layers(nnx.merge(graphdef, state)))
+  graphdef, state = unstacked(graphdef, state)
   new_cache = functools.partial(init_cache, cfg, per_layer=True)
   return decode(module_logits_fn(graphdef), new_cache, state, prompt_ids, prompt_mask,
                 seed=seed, **options)
