@@ -140,7 +140,7 @@ class Bloom(nnx.Module):
 
   def logits(self, hidden: jax.Array) -> jax.Array:
     embeddings = self.word_embeddings[...].astype(self.cfg.dtype)
-    return jnp.einsum('...h,vh->...v', hidden, embeddings).astype(jnp.float32)
+    return tied_projection(hidden, embeddings).astype(jnp.float32)
 
   def hidden_states(self, input_ids, attention_mask=None, *, mode='causal', prefix_mask=None,
                     cache=None, dropout_key=None):
@@ -189,6 +189,31 @@ class Bloom(nnx.Module):
     if cache is not None:
       cache = {**kv, 'mask': key_mask, 'index': cache['index'] + length}
     return x, cache
+
+
+@jax.custom_vjp
+def tied_projection(hidden: jax.Array, embeddings: jax.Array) -> jax.Array:
+  """[..., H] hidden states onto the [V, H] embedding matrix: [..., V] logits."""
+  return jnp.einsum('...h,vh->...v', hidden, embeddings)
+
+
+def _tied_projection_fwd(hidden, embeddings):
+  return tied_projection(hidden, embeddings), (hidden, embeddings)
+
+
+def _tied_projection_bwd(residuals, dlogits):
+  # The embedding gradient is dlogits^T @ hidden, contracted over the flattened tokens.
+  # Left to autodiff, XLA first writes the [tokens, V] logits gradient out transposed
+  # (the largest array of the step) and then multiplies; contracting it along its
+  # leading axis in place is a plain GEMM with a transposed operand.
+  hidden, embeddings = residuals
+  flat = lambda x: x.reshape(-1, x.shape[-1])
+  dhidden = jnp.einsum('...v,vh->...h', dlogits, embeddings)
+  dembeddings = jax.lax.dot_general(flat(dlogits), flat(hidden), (((0,), (0,)), ((), ())))
+  return dhidden, dembeddings
+
+
+tied_projection.defvjp(_tied_projection_fwd, _tied_projection_bwd)
 
 
 def _scan_blocks(blocks, x, alibi, allowed, kv, cache_index, layer_keys, remat):

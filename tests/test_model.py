@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from bloom_jax import compat, layers
-from bloom_jax.model import Bloom, BloomConfig, init_cache, unstack_layers
+from bloom_jax.model import Bloom, BloomConfig, init_cache, tied_projection, unstack_layers
 
 VOCAB = 61
 
@@ -364,6 +364,26 @@ def test_remat_changes_neither_forward_nor_gradients(remat):
   assert any(float(jnp.abs(g).max()) > 1e-2 for g in jax.tree.leaves(grad_plain))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
                grad_remat, grad_plain)
+
+
+@pytest.mark.parametrize('shape', [(3, 5), (5,)])
+@pytest.mark.parametrize('dtype, tolerance', [('float32', 1e-5), ('bfloat16', 2e-2)])
+def test_tied_projection_gradients_are_autodiffs(shape, dtype, tolerance):
+  # Its hand-written backward pass against autodiff of the same product, with a loss
+  # that weights every logit differently.
+  keys = jax.random.split(jax.random.key(4), 3)
+  hidden = jax.random.normal(keys[0], (*shape, 16), dtype)
+  embeddings = jax.random.normal(keys[1], (VOCAB, 16), dtype)
+  weights = jax.random.normal(keys[2], (*shape, VOCAB), dtype)
+  loss = lambda project: jax.jit(jax.grad(
+      lambda h, e: jnp.sum((project(h, e) * weights).astype(jnp.float32)), argnums=(0, 1)))
+  ours = loss(tied_projection)(hidden, embeddings)
+  reference = loss(lambda h, e: jnp.einsum('...h,vh->...v', h, e))(hidden, embeddings)
+  for a, b in zip(ours, reference, strict=True):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               atol=tolerance, rtol=tolerance)
+  assert float(jnp.abs(ours[1]).max()) > 1.0
 
 
 def _dropout_loss(model, ids, weights, key):
