@@ -94,15 +94,21 @@ def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, sche
   grad_norm = optax.tree.norm(grads)
   task_finite = jnp.stack([jnp.isfinite(stats[name]['loss']) for name, _, _ in tasks])
   finite = jnp.all(task_finite) & jnp.isfinite(grad_norm)
-  updates, new_opt_state = optimizer.update(grads, state['opt_state'], state['params'])
-  new_params = optax.apply_updates(state['params'], updates)
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+  def update(_):
+    updates, new_opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+    return optax.apply_updates(state['params'], updates), new_opt_state
+
+  # Only the taken branch runs, in place. Selecting between the new and the old values
+  # instead reads both and makes XLA keep copies of the moments: twice the update's time.
+  new_params, new_opt_state = jax.lax.cond(
+      finite, update, lambda _: (state['params'], state['opt_state']), None)
   first_bad_task = jnp.argmin(task_finite)  # the first non-finite task, 0 if only grads
   nonfinite = jnp.where((state['nonfinite'][0] < 0) & ~finite,
                         jnp.stack([step, first_bad_task]).astype(jnp.int32), state['nonfinite'])
   new_state = {
-      'params': keep(new_params, state['params']),
-      'opt_state': keep(new_opt_state, state['opt_state']),
+      'params': new_params,
+      'opt_state': new_opt_state,
       'step': step + 1,
       'nonfinite': nonfinite,
   }
