@@ -19,9 +19,12 @@ One run measures, on one machine:
      XLA's memory_analysis() (CPU has no allocator statistics);
   7. the input pipeline's batches/s (configs/default.py, cached synthetic data).
 
-Every timing is the median of repeated runs after a warm-up; wall clock only. The two
-ceilings are the best repetition of each, measured before and after the work they judge,
-the highest reading kept.
+Every timing is the median of repeated runs after a warm-up; wall clock only. A ceiling
+reading is the best of a few repetitions. The machine's speed drifts within minutes, so
+each timed train step and each decoding run is paired with a ceiling reading taken just
+before it: MFU and the fraction of the bandwidth floor are medians of those pairs, and
+the decode ratio against transformers a median of runs taken back to back. The fractions
+against the run's best reading are reported next to them.
 """
 
 import argparse
@@ -35,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -95,12 +99,18 @@ def memory_stats(compiled) -> dict:
 # ------------------------------------------------------------------------------ ceilings
 
 
-def matmul_ceiling(n: int, dtype: str, reps: int = 5) -> float:
+def matmul_probe(n: int, dtype: str, reps: int = 5) -> Callable[[], float]:
+  """A function reading the matmul ceiling now: FLOP/s of an n x n `jnp.dot`."""
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   dot = jax.jit(jnp.dot)
-  _, times = median_time(lambda: dot(a, b).block_until_ready(), reps, warmup=2)
-  return 2 * n ** 3 / min(times)  # a ceiling: noise only ever slows a run down
+  dot(a, b).block_until_ready()
+
+  def read() -> float:
+    _, times = median_time(lambda: dot(a, b).block_until_ready(), reps)
+    return 2 * n ** 3 / min(times)  # a ceiling: noise only ever slows a run down
+
+  return read
 
 
 def gemm_flops(m: int, k: int, n: int, dtype: str, reps: int = 10) -> float:
@@ -112,14 +122,20 @@ def gemm_flops(m: int, k: int, n: int, dtype: str, reps: int = 10) -> float:
   return 2 * m * k * n / t
 
 
-def bandwidth_ceiling(shape: tuple[int, int], dtype: str, reps: int = 10) -> float:
-  # A matrix-vector product does 2 FLOPs per matrix element read: bandwidth-bound on
-  # any CPU, and the matrix is far larger than the last-level cache.
+def bandwidth_probe(shape: tuple[int, int], dtype: str, reps: int = 10) -> Callable[[], float]:
+  """A function reading the memory bandwidth now (bytes/s). A matrix-vector product does
+  2 FLOPs per matrix element read: bandwidth-bound on any CPU, and the matrix is far
+  larger than the last-level cache."""
   m = jax.random.normal(jax.random.key(0), shape, dtype)
   v = jax.random.normal(jax.random.key(1), (shape[1],), dtype)
   matvec = jax.jit(jnp.dot)
-  _, times = median_time(lambda: matvec(m, v).block_until_ready(), reps, warmup=2)
-  return m.size * m.dtype.itemsize / min(times)
+  matvec(m, v).block_until_ready()
+
+  def read() -> float:
+    _, times = median_time(lambda: matvec(m, v).block_until_ready(), reps)
+    return m.size * m.dtype.itemsize / min(times)
+
+  return read
 
 
 # ------------------------------------------------------------------------------ our train step
@@ -178,7 +194,9 @@ def train_flops_per_step(cfg, batch: int, seq: int) -> float:
 
 
 def bench_train(config, vocab: int, batch_size: int, seq: int, steps_: int, mesh,
-                forward: bool = True) -> dict:
+                forward: bool = True, ceiling: Callable[[], float] | None = None) -> dict:
+  """The compiled train step's median time; with `ceiling`, a matmul ceiling reading is
+  taken before each timed step (`ceiling_readings`, paired with `step_times_s`)."""
   setup = build(config, vocab, mesh)
   host_batch = lm_batch(np.random.default_rng(0), vocab, batch_size, seq)
   batch = sharding.global_batch(host_batch, mesh)
@@ -195,9 +213,16 @@ def bench_train(config, vocab: int, batch_size: int, seq: int, steps_: int, mesh
     jax.block_until_ready((holder['state'], metrics))
     holder['losses'].append(float(metrics['loss']))
 
-  t, times = median_time(step, steps_, warmup=2)
+  for _ in range(2):
+    step()
+  times, readings = [], []
+  for _ in range(steps_):
+    if ceiling:
+      readings.append(ceiling())
+    times.append(median_time(step, 1, warmup=0)[0])
   tokens = batch_size * seq
-  result = {'step_s': t, 'step_times_s': times, 'tokens': tokens, 'compile_s': compile_s,
+  result = {'step_s': statistics.median(times), 'step_times_s': times,
+            'ceiling_readings': readings, 'tokens': tokens, 'compile_s': compile_s,
             'first_loss': holder['losses'][0], 'loss': holder['losses'][-1],
             'num_params': setup.model_config.num_params,
             'model_flops': train_flops_per_step(setup.model_config, batch_size, seq),
@@ -250,7 +275,9 @@ def bench_hf_train(shape: dict) -> dict:
 # ------------------------------------------------------------------------------ decoding
 
 
-def bench_decode(shape: dict) -> dict:
+def bench_decode(shape: dict, bandwidth: Callable[[], float]) -> dict:
+  """Ours and transformers' greedy decoding, run in turns, each pair after a bandwidth
+  reading (`bandwidth_readings`, paired with `ours_times_s` and `hf_times_s`)."""
   import torch
   import transformers
 
@@ -280,7 +307,6 @@ def bench_decode(shape: dict) -> dict:
   t0 = time.perf_counter()
   ours()
   first_call_s = time.perf_counter() - t0
-  t_ours, times_ours = median_time(ours, shape['decode_reps'], warmup=1)
   # The prompt pass plus one token: subtracting it leaves the per-token loop alone.
   prefill = lambda: jax.block_until_ready(decoding.generate(
       graphdef, state, jnp.asarray(prompt), jnp.asarray(prompt_mask), max_new_tokens=1,
@@ -300,12 +326,19 @@ def bench_decode(shape: dict) -> dict:
                                   pad_token_id=3)
     holder['theirs'] = out[0, ids.shape[1]:].numpy()
 
-  t_theirs, times_theirs = median_time(theirs, shape['decode_reps'], warmup=1)
+  ours(), theirs()   # warm-up
+  readings, times_ours, times_theirs = [], [], []
+  for _ in range(shape['decode_reps']):
+    readings.append(bandwidth())
+    times_ours.append(median_time(ours, 1, warmup=0)[0])
+    times_theirs.append(median_time(theirs, 1, warmup=0)[0])
+  t_ours, t_theirs = statistics.median(times_ours), statistics.median(times_theirs)
   a, b = holder['ours'], holder['theirs']
   differ = a != b if len(a) == len(b) else np.ones(1, bool)
   agree = int(np.argmax(differ)) if np.any(differ) else len(a)
   return {'new_tokens': new, 'prompt': shape['prompt'], 'ours_s': t_ours,
-          'ours_times_s': times_ours, 'ours_prefill_s': t_prefill,
+          'ours_times_s': times_ours, 'bandwidth_readings': readings,
+          'ours_prefill_s': t_prefill,
           # None when timing noise swamps the loop (tiny --quick shapes).
           'ours_per_token_s': ((t_ours - t_prefill) / (new - 1)
                                if new > 1 and t_ours > t_prefill else None),
@@ -392,8 +425,8 @@ def bench_model_config(args, log) -> dict:
   accelerator = jax.default_backend() != 'cpu'
   log('ceilings')
   n = 8192 if accelerator else 1024
-  ceiling = matmul_ceiling(n, dtype)
-  bandwidth = bandwidth_ceiling((16384, 16384) if accelerator else (4096, 4096), dtype)
+  ceiling = matmul_probe(n, dtype)()
+  bandwidth = bandwidth_probe((16384, 16384) if accelerator else (4096, 4096), dtype)()
   results = {'config': args.config, 'batch': args.batch, 'seq': args.seq,
              'device_kind': device_kind, 'devices': jax.device_count(), 'dtype': dtype,
              'jax': jax.__version__, 'matmul_flops_per_s': ceiling,
@@ -478,12 +511,11 @@ def main(argv=None) -> dict:
          'compilation_cache_dir': jax.config.jax_compilation_cache_dir,
          'load_avg_at_start': os.getloadavg(), 'quick': args.quick, 'dtype': dtype}
 
-  # Each ceiling is measured next to what it judges, before and after, and the highest
-  # reading counts: the machine's speed drifts within minutes, and a low reading
-  # would flatter the fraction reached.
+  # The machine's speed drifts within minutes: each timed step and decoding run is judged
+  # against a ceiling reading taken just before it (see the module docstring).
   log('ceilings')
-  flops_samples = [matmul_ceiling(shape['matmul_n'], dtype)]
-  bandwidth_samples = [bandwidth_ceiling(shape['bandwidth_shape'], dtype)]
+  matmul_ceiling = matmul_probe(shape['matmul_n'], dtype)
+  bandwidth_ceiling = bandwidth_probe(shape['bandwidth_shape'], dtype)
   rows_per_step = shape['batch'] * shape['seq']
   step_gemms = {
       'mlp_up': gemm_flops(rows_per_step, shape['hidden'], 4 * shape['hidden'], dtype),
@@ -491,13 +523,12 @@ def main(argv=None) -> dict:
   }
   log('our train step')
   ours = bench_train(bench_config(shape), shape['vocab'], shape['batch'], shape['seq'],
-                     shape['steps'], mesh)
-  flops_samples.append(matmul_ceiling(shape['matmul_n'], dtype))
+                     shape['steps'], mesh, ceiling=matmul_ceiling)
   log('transformers train step')
   theirs = bench_hf_train(shape)
   log('decoding')
-  dec = bench_decode(shape)
-  bandwidth_samples.append(bandwidth_ceiling(shape['bandwidth_shape'], dtype))
+  dec = bench_decode(shape, bandwidth_ceiling)
+  flops_samples, bandwidth_samples = ours['ceiling_readings'], dec['bandwidth_readings']
   flops_ceiling, bandwidth = max(flops_samples), max(bandwidth_samples)
   log('compile time')
   compiles = {n: compile_seconds(shape, n, mesh) for n in shape['compile_layers']}
@@ -511,10 +542,19 @@ def main(argv=None) -> dict:
   train_tps = tokens / ours['step_s']
   hf_tps = tokens / theirs['step_s']
   achieved = ours['model_flops'] / ours['step_s']
+  paired_mfu = statistics.median(ours['model_flops'] / t / c for t, c in zip(
+      ours['step_times_s'], flops_samples, strict=True))
   decode_tps = dec['new_tokens'] / dec['ours_s']
   hf_decode_tps = dec['new_tokens'] / dec['hf_s']
-  floor_tps = bandwidth / (dec['param_bytes'] + dec['kv_cache_bytes_at_end'])
-  loop_fraction = 1 / dec['ours_per_token_s'] / floor_tps if dec['ours_per_token_s'] else None
+  bytes_per_token = dec['param_bytes'] + dec['kv_cache_bytes_at_end']
+  floor_tps = bandwidth / bytes_per_token
+  paired_floor_fraction = statistics.median(
+      dec['new_tokens'] * bytes_per_token / b / t
+      for b, t in zip(bandwidth_samples, dec['ours_times_s'], strict=True))
+  paired_decode_ratio = statistics.median(
+      h / o for h, o in zip(dec['hf_times_s'], dec['ours_times_s'], strict=True))
+  loop_fraction = (bytes_per_token / statistics.median(bandwidth_samples)
+                   / dec['ours_per_token_s'] if dec['ours_per_token_s'] else None)
   few, many = shape['compile_layers']
   attention_flops = 12 * shape['layers'] * shape['hidden'] * shape['seq'] * tokens
   vocab_flops = 6 * shape['vocab'] * shape['hidden'] * tokens
@@ -534,17 +574,20 @@ def main(argv=None) -> dict:
       'model_flops_per_step': ours['model_flops'],
       'xla_flops_per_step': ours['xla_flops'],
       'achieved_model_flops_per_s': achieved,
-      'mfu_vs_measured_ceiling': achieved / flops_ceiling,
+      'mfu_vs_measured_ceiling': paired_mfu,
+      'mfu_vs_best_ceiling_reading': achieved / flops_ceiling,
       'xla_flops_utilisation': (ours['xla_flops'] / ours['step_s'] / flops_ceiling
                                 if ours['xla_flops'] else None),
       'attention_share_of_model_flops': attention_flops / ours['model_flops'],
       'vocab_projection_share_of_model_flops': vocab_flops / ours['model_flops'],
       'decode_tokens_per_s': decode_tps,
       'hf_decode_tokens_per_s': hf_decode_tps,
-      'decode_ratio_vs_hf': decode_tps / hf_decode_tps,
+      'decode_ratio_vs_hf': paired_decode_ratio,
+      'decode_ratio_vs_hf_of_medians': decode_tps / hf_decode_tps,
       'decode_ratio_vs_hf_best_runs': min(dec['hf_times_s']) / min(dec['ours_times_s']),
       'decode_bandwidth_floor_tokens_per_s': floor_tps,
-      'decode_fraction_of_bandwidth_floor': decode_tps / floor_tps,
+      'decode_fraction_of_bandwidth_floor': paired_floor_fraction,
+      'decode_fraction_of_best_bandwidth_floor': decode_tps / floor_tps,
       'decode_loop_fraction_of_bandwidth_floor': loop_fraction,
       f'compile_s_{few}_layers': compiles[few]['total_s'],
       f'compile_s_{many}_layers': compiles[many]['total_s'],
@@ -575,12 +618,14 @@ def main(argv=None) -> dict:
   rows = [
       ('machine', f"{cores} cores, jax {env['jax']} ({env['backend']}), torch {env['torch']} "
                   f"({env['torch_threads']} threads), transformers {env['transformers']}"),
-      ('matmul ceiling', f"{fmt_rate(flops_ceiling, 'FLOP/s')} ({dtype}, n={shape['matmul_n']}; "
-                         f"readings {', '.join(fmt_rate(x, '') for x in flops_samples)})"),
+      ('matmul ceiling', f"{fmt_rate(flops_ceiling, 'FLOP/s')} best ({dtype}, "
+                         f"n={shape['matmul_n']}; readings, one before each step: "
+                         f"{', '.join(fmt_rate(x, '') for x in flops_samples)})"),
       ('GEMMs at step shapes', ', '.join(f"{k} {fmt_rate(v, 'FLOP/s')}"
                                          for k, v in step_gemms.items())),
-      ('bandwidth ceiling', f"{fmt_rate(bandwidth, 'B/s')} (matvec {shape['bandwidth_shape']}; "
-                            f"readings {', '.join(fmt_rate(x, '') for x in bandwidth_samples)})"),
+      ('bandwidth ceiling', f"{fmt_rate(bandwidth, 'B/s')} best (matvec "
+                            f"{shape['bandwidth_shape']}; readings, one before each decoding "
+                            f"run: {', '.join(fmt_rate(x, '') for x in bandwidth_samples)})"),
       ('train shape', f"hidden {shape['hidden']}, {shape['layers']} layers, "
                       f"{shape['heads']} heads, "
                       f"vocab {shape['vocab']}, batch {shape['batch']} x {shape['seq']}, "
@@ -594,17 +639,21 @@ def main(argv=None) -> dict:
                               f"{results['train_ratio_vs_hf_best_steps']:.2f}x)"),
       ('model FLOPs/step', f"{ours['model_flops'] / 1e9:.2f} G (XLA counts "
                            f"{(ours['xla_flops'] or 0) / 1e9:.2f} G)"),
-      ('MFU vs measured ceiling', f"{results['mfu_vs_measured_ceiling']:.1%} "
-                                  f"({fmt_rate(achieved, 'FLOP/s')})"),
+      ('MFU vs measured ceiling', f"{results['mfu_vs_measured_ceiling']:.1%} (median of "
+                                  f"steps against their readings; {fmt_rate(achieved, 'FLOP/s')}"
+                                  f" = {results['mfu_vs_best_ceiling_reading']:.1%} of the best)"),
       ('decode (ours)', f"{decode_tps:,.1f} tokens/s ({dec['ours_s']:.3f} s for "
                         f"{dec['new_tokens']} tokens)"),
       ('decode (transformers)', f"{hf_decode_tps:,.1f} tokens/s ({dec['hf_s']:.3f} s)"),
-      ('decode ratio ours/HF', f"{results['decode_ratio_vs_hf']:.2f}x (best runs: "
+      ('decode ratio ours/HF', f"{results['decode_ratio_vs_hf']:.2f}x (median of runs back "
+                               f"to back; best runs: "
                                f"{results['decode_ratio_vs_hf_best_runs']:.2f}x); greedy tokens "
                                f"agree for "
                                f"the first {dec['greedy_tokens_identical_prefix']}"),
       ('decode vs bandwidth floor', f"{results['decode_fraction_of_bandwidth_floor']:.1%} "
-                                    f"(floor {floor_tps:,.0f} tokens/s); loop alone "
+                                    f"(median of runs against their readings; "
+                                    f"{results['decode_fraction_of_best_bandwidth_floor']:.1%}"
+                                    f" of the best, {floor_tps:,.0f} tokens/s); loop alone "
                                     f"{loop_fraction or 0:.1%}, "
                                     f"prefill {dec['ours_prefill_s'] * 1e3:.1f} ms "
                                     f"(layers unstacked once before: "
