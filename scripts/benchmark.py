@@ -1,7 +1,7 @@
 r"""Throughput, compile time and memory of bloom_jax against this machine and transformers.
 
-    python scripts/benchmark.py --json /tmp/bench.json          # the full run (~3 min on 2 cores)
-    python scripts/benchmark.py --quick                          # smoke test, tiny shapes (~1.5 min)
+    python scripts/benchmark.py --json /tmp/bench.json   # full run (~3 min on 2 cores)
+    python scripts/benchmark.py --quick                  # tiny shapes, a smoke test (~1.5 min)
 
 One run measures, on one machine:
   1. ceilings: dense matmul FLOP/s (a large jnp.dot in the compute dtype) and streaming
