@@ -143,7 +143,7 @@ class LayerNorm(nnx.Module):
 
 
 def flat_tokens(x: jax.Array, feature_axes: int = 1) -> jax.Array:
-  """[batch, seq, *features] -> [batch * seq, prod(features)].
+  """[*tokens, *features] -> [prod(tokens), prod(features)], `feature_axes` trailing.
 
   The projections multiply tokens laid out on one axis, so the kernels' gradients
   contract that one axis where it lies; contracted over (batch, seq), XLA:CPU first

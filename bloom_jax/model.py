@@ -207,9 +207,9 @@ def _tied_projection_bwd(residuals, dlogits):
   # (the largest array of the step) and then multiplies; contracting it along its
   # leading axis in place is a plain GEMM with a transposed operand.
   hidden, embeddings = residuals
-  flat = lambda x: x.reshape(-1, x.shape[-1])
   dhidden = jnp.einsum('...v,vh->...h', dlogits, embeddings)
-  dembeddings = jax.lax.dot_general(flat(dlogits), flat(hidden), (((0,), (0,)), ((), ())))
+  dembeddings = jax.lax.dot_general(layers.flat_tokens(dlogits), layers.flat_tokens(hidden),
+                                    (((0,), (0,)), ((), ())))
   return dhidden, dembeddings
 
 

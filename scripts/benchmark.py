@@ -63,14 +63,16 @@ QUICK = dict(hidden=64, heads=4, layers=2, vocab=512, batch=2, seq=32, steps=3,
              input_batches=20)
 
 
+def timed(fn) -> float:
+  t0 = time.perf_counter()
+  fn()
+  return time.perf_counter() - t0
+
+
 def median_time(fn, reps: int, warmup: int = 1) -> tuple[float, list[float]]:
   for _ in range(warmup):
     fn()
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
+  times = [timed(fn) for _ in range(reps)]
   return statistics.median(times), times
 
 
@@ -213,13 +215,13 @@ def bench_train(config, vocab: int, batch_size: int, seq: int, steps_: int, mesh
     jax.block_until_ready((holder['state'], metrics))
     holder['losses'].append(float(metrics['loss']))
 
-  for _ in range(2):
+  for _ in range(2):  # warm-up
     step()
   times, readings = [], []
   for _ in range(steps_):
     if ceiling:
       readings.append(ceiling())
-    times.append(median_time(step, 1, warmup=0)[0])
+    times.append(timed(step))
   tokens = batch_size * seq
   result = {'step_s': statistics.median(times), 'step_times_s': times,
             'ceiling_readings': readings, 'tokens': tokens, 'compile_s': compile_s,
@@ -304,9 +306,7 @@ def bench_decode(shape: dict, bandwidth: Callable[[], float]) -> dict:
     out = run()
     holder['ours'] = np.asarray(jax.block_until_ready(out['tokens']))[0]
 
-  t0 = time.perf_counter()
-  ours()
-  first_call_s = time.perf_counter() - t0
+  first_call_s = timed(ours)
   # The prompt pass plus one token: subtracting it leaves the per-token loop alone.
   prefill = lambda: jax.block_until_ready(decoding.generate(
       graphdef, state, jnp.asarray(prompt), jnp.asarray(prompt_mask), max_new_tokens=1,
@@ -326,12 +326,12 @@ def bench_decode(shape: dict, bandwidth: Callable[[], float]) -> dict:
                                   pad_token_id=3)
     holder['theirs'] = out[0, ids.shape[1]:].numpy()
 
-  ours(), theirs()   # warm-up
+  theirs()  # warm-up (ours was warmed by its first call above)
   readings, times_ours, times_theirs = [], [], []
   for _ in range(shape['decode_reps']):
     readings.append(bandwidth())
-    times_ours.append(median_time(ours, 1, warmup=0)[0])
-    times_theirs.append(median_time(theirs, 1, warmup=0)[0])
+    times_ours.append(timed(ours))
+    times_theirs.append(timed(theirs))
   t_ours, t_theirs = statistics.median(times_ours), statistics.median(times_theirs)
   a, b = holder['ours'], holder['theirs']
   differ = a != b if len(a) == len(b) else np.ones(1, bool)
