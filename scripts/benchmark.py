@@ -48,7 +48,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bloom_jax import decoding, hf, sharding, steps, train  # noqa: E402
+from bloom_jax import decoding, hf, host_memory, sharding, steps, train  # noqa: E402
 from bloom_jax.model import Bloom  # noqa: E402
 from configs import default as default_config  # noqa: E402
 from configs import seed as seed_config  # noqa: E402
@@ -485,7 +485,11 @@ def main(argv=None) -> dict:
   parser.add_argument('--seq', type=int, default=2048, help='with --config: tokens per row')
   parser.add_argument('--variants', default='full:einsum,full:cudnn,none:cudnn,none:einsum',
                       help='with --config: comma-separated REMAT:ATTENTION_KERNEL pairs')
+  parser.add_argument('--system_malloc', action='store_true',
+                      help="leave glibc's malloc as it is: XLA's freed host memory is "
+                           'unmapped and page-faulted in again at every step')
   args = parser.parse_args(argv)
+  kept_freed_memory = not args.system_malloc and host_memory.keep_freed_memory()
   started = time.perf_counter()
   log = lambda msg: print(f'[{time.perf_counter() - started:6.1f}s] {msg}', file=sys.stderr,
                           flush=True)
@@ -509,7 +513,8 @@ def main(argv=None) -> dict:
          'torch_threads': torch.get_num_threads(),
          'cpu': platform.processor() or platform.machine(),
          'compilation_cache_dir': jax.config.jax_compilation_cache_dir,
-         'load_avg_at_start': os.getloadavg(), 'quick': args.quick, 'dtype': dtype}
+         'load_avg_at_start': os.getloadavg(), 'quick': args.quick, 'dtype': dtype,
+         'keeps_freed_host_memory': kept_freed_memory}
 
   # The machine's speed drifts within minutes: each timed step and decoding run is judged
   # against a ceiling reading taken just before it (see the module docstring).
@@ -618,6 +623,8 @@ def main(argv=None) -> dict:
   rows = [
       ('machine', f"{cores} cores, jax {env['jax']} ({env['backend']}), torch {env['torch']} "
                   f"({env['torch_threads']} threads), transformers {env['transformers']}"),
+      ('host malloc', 'keeps freed memory (one arena, no mmap)'
+                      if env['keeps_freed_host_memory'] else "glibc's default"),
       ('matmul ceiling', f"{fmt_rate(flops_ceiling, 'FLOP/s')} best ({dtype}, "
                          f"n={shape['matmul_n']}; readings, one before each step: "
                          f"{', '.join(fmt_rate(x, '') for x in flops_samples)})"),
