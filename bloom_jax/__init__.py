@@ -5,3 +5,8 @@ import os
 # TensorFlow only reads data here: keep its C++ start-up chatter off the terminal.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+# Before TensorFlow or XLA start a thread: a thread that has malloc'd keeps its arena.
+from bloom_jax import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()

@@ -6,7 +6,7 @@ import sys
 
 from absl import app, flags, logging
 
-from bloom_jax import config_lib, hf, host_memory, workdir_lock
+from bloom_jax import config_lib, hf, workdir_lock
 from bloom_jax.data import DataError
 
 USER_ERRORS = (config_lib.ConfigError, DataError, hf.CheckpointError,
@@ -51,10 +51,8 @@ def run(main) -> None:
   """app.run(main), with user errors reported as `<program>: error: <message>`.
 
   Library INFO logs (Orbax writes several lines per checkpoint) are hidden unless
-  --verbosity=0 asks for them; warnings and errors always show. Host memory that XLA
-  frees is kept for reuse (`host_memory`), before JAX starts its backend.
+  --verbosity=0 asks for them; warnings and errors always show.
   """
-  host_memory.keep_freed_memory()
   def guarded(argv):
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)

@@ -34,6 +34,7 @@ import importlib
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -42,6 +43,8 @@ from collections.abc import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# First: importing bloom_jax sets up host malloc, which must precede any thread (host_memory).
+import bloom_jax  # noqa: E402, F401, I001
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -217,13 +220,16 @@ def bench_train(config, vocab: int, batch_size: int, seq: int, steps_: int, mesh
 
   for _ in range(2):  # warm-up
     step()
-  times, readings = [], []
+  times, readings, faults = [], [], []
   for _ in range(steps_):
     if ceiling:
       readings.append(ceiling())
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     times.append(timed(step))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
   tokens = batch_size * seq
   result = {'step_s': statistics.median(times), 'step_times_s': times,
+            'page_faults_per_step': faults,
             'ceiling_readings': readings, 'tokens': tokens, 'compile_s': compile_s,
             'first_loss': holder['losses'][0], 'loss': holder['losses'][-1],
             'num_params': setup.model_config.num_params,
@@ -485,11 +491,7 @@ def main(argv=None) -> dict:
   parser.add_argument('--seq', type=int, default=2048, help='with --config: tokens per row')
   parser.add_argument('--variants', default='full:einsum,full:cudnn,none:cudnn,none:einsum',
                       help='with --config: comma-separated REMAT:ATTENTION_KERNEL pairs')
-  parser.add_argument('--system_malloc', action='store_true',
-                      help="leave glibc's malloc as it is: XLA's freed host memory is "
-                           'unmapped and page-faulted in again at every step')
   args = parser.parse_args(argv)
-  kept_freed_memory = not args.system_malloc and host_memory.keep_freed_memory()
   started = time.perf_counter()
   log = lambda msg: print(f'[{time.perf_counter() - started:6.1f}s] {msg}', file=sys.stderr,
                           flush=True)
@@ -514,7 +516,7 @@ def main(argv=None) -> dict:
          'cpu': platform.processor() or platform.machine(),
          'compilation_cache_dir': jax.config.jax_compilation_cache_dir,
          'load_avg_at_start': os.getloadavg(), 'quick': args.quick, 'dtype': dtype,
-         'keeps_freed_host_memory': kept_freed_memory}
+         'keeps_freed_host_memory': host_memory.KEPT}
 
   # The machine's speed drifts within minutes: each timed step and decoding run is judged
   # against a ceiling reading taken just before it (see the module docstring).
@@ -571,6 +573,7 @@ def main(argv=None) -> dict:
       'gemm_flops_per_s_at_step_shapes': step_gemms,
       'train_tokens_per_s': train_tps,
       'train_steps_per_s': 1.0 / ours['step_s'],
+      'train_page_faults_per_step': ours['page_faults_per_step'],
       'hf_train_tokens_per_s': hf_tps,
       'train_ratio_vs_hf': train_tps / hf_tps,
       # Best steps on both sides: PyTorch's spinning OpenMP threads slow down far more
@@ -623,8 +626,8 @@ def main(argv=None) -> dict:
   rows = [
       ('machine', f"{cores} cores, jax {env['jax']} ({env['backend']}), torch {env['torch']} "
                   f"({env['torch_threads']} threads), transformers {env['transformers']}"),
-      ('host malloc', 'keeps freed memory (one arena, no mmap)'
-                      if env['keeps_freed_host_memory'] else "glibc's default"),
+      ('host malloc', 'keeps freed memory (one arena, no mmap)' if env['keeps_freed_host_memory']
+                      else "glibc's default (BLOOM_JAX_SYSTEM_MALLOC=1 or not glibc)"),
       ('matmul ceiling', f"{fmt_rate(flops_ceiling, 'FLOP/s')} best ({dtype}, "
                          f"n={shape['matmul_n']}; readings, one before each step: "
                          f"{', '.join(fmt_rate(x, '') for x in flops_samples)})"),
@@ -638,7 +641,9 @@ def main(argv=None) -> dict:
                       f"vocab {shape['vocab']}, batch {shape['batch']} x {shape['seq']}, "
                       f"{ours['num_params'] / 1e6:.2f}M params"),
       ('train step (ours)', f"{ours['step_s'] * 1e3:.1f} ms, {train_tps:,.0f} tokens/s, "
-                            f"{1 / ours['step_s']:.2f} steps/s"),
+                            f"{1 / ours['step_s']:.2f} steps/s; host page faults per step: "
+                            f"median {statistics.median(ours['page_faults_per_step']):,.0f}, "
+                            f"max {max(ours['page_faults_per_step']):,}"),
       ('forward pass (ours)', f"{ours['forward_s'] * 1e3:.1f} ms "
                               f"(step = {ours['step_s'] / ours['forward_s']:.2f}x forward)"),
       ('train step (transformers)', f"{theirs['step_s'] * 1e3:.1f} ms, {hf_tps:,.0f} tokens/s"),
