@@ -9,4 +9,5 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 # Before TensorFlow or XLA start a thread: a thread that has malloc'd keeps its arena.
 from bloom_jax import host_memory  # noqa: E402
 
-host_memory.keep_freed_memory()
+if os.environ.get('BLOOM_JAX_KEEP_FREED_MEMORY') == '1':
+  host_memory.keep_freed_memory()

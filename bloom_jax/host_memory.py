@@ -8,14 +8,15 @@ scratch space in again: 70,000 faults and about 0.2 s of kernel time per step on
 cores, mostly inside the fusions that zero the scanned layers' stacked buffers.
 
 One arena that neither maps nor trims keeps freed pages for the next request: a step
-faults only while the heap still grows to its working size (2 steps of 90). The price is
-resident memory, as with any caching allocator: the heap settles at about two steps'
-scratch space and keeps it (1.70 GB peak against 1.25 GB for that step). Importing
-`bloom_jax` applies it; BLOOM_JAX_SYSTEM_MALLOC=1 leaves malloc as it is.
+faults only while the heap still grows to its working size (2 steps of 90). It is opt-in
+(BLOOM_JAX_KEEP_FREED_MEMORY=1, read when `bloom_jax` is imported) because it has two
+prices. Resident memory: the heap settles at about two steps' scratch space and keeps it
+(1.70 GB peak against 1.25 GB for that step). And every thread now shares one arena's
+lock, which slows XLA's many-threaded compilation (a compile-bound test file: 102 against
+88 s).
 """
 
 import ctypes
-import os
 import platform
 
 # mallopt(3) parameters, from glibc's <malloc.h>.
@@ -32,10 +33,10 @@ def keep_freed_memory() -> bool:
 
   It must run before any other thread allocates: a thread that has malloc'd keeps its
   arena, and new threads may be handed one of the existing arenas. Without glibc (macOS,
-  musl), or with BLOOM_JAX_SYSTEM_MALLOC=1, it does nothing and returns False.
+  musl) it does nothing and returns False.
   """
   global KEPT
-  if os.environ.get('BLOOM_JAX_SYSTEM_MALLOC') == '1' or platform.libc_ver()[0] != 'glibc':
+  if platform.libc_ver()[0] != 'glibc':
     return False
   libc = ctypes.CDLL(None)
   KEPT = all(libc.mallopt(option, value) == 1 for option, value in _SETTINGS)

@@ -43,7 +43,8 @@ from collections.abc import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-# First: importing bloom_jax sets up host malloc, which must precede any thread (host_memory).
+# First: with BLOOM_JAX_KEEP_FREED_MEMORY=1, importing bloom_jax sets up host malloc, which
+# must precede any thread (bloom_jax/host_memory.py).
 import bloom_jax  # noqa: E402, F401, I001
 
 import jax  # noqa: E402
@@ -626,8 +627,8 @@ def main(argv=None) -> dict:
   rows = [
       ('machine', f"{cores} cores, jax {env['jax']} ({env['backend']}), torch {env['torch']} "
                   f"({env['torch_threads']} threads), transformers {env['transformers']}"),
-      ('host malloc', 'keeps freed memory (one arena, no mmap)' if env['keeps_freed_host_memory']
-                      else "glibc's default (BLOOM_JAX_SYSTEM_MALLOC=1 or not glibc)"),
+      ('host malloc', 'keeps freed memory (BLOOM_JAX_KEEP_FREED_MEMORY=1)'
+                      if env['keeps_freed_host_memory'] else "glibc's default"),
       ('matmul ceiling', f"{fmt_rate(flops_ceiling, 'FLOP/s')} best ({dtype}, "
                          f"n={shape['matmul_n']}; readings, one before each step: "
                          f"{', '.join(fmt_rate(x, '') for x in flops_samples)})"),

@@ -1,5 +1,5 @@
-"""Importing bloom_jax keeps the host memory XLA frees, so a step does not page-fault its
-scratch space in again (bloom_jax.host_memory)."""
+"""With BLOOM_JAX_KEEP_FREED_MEMORY=1, importing bloom_jax keeps the host memory XLA frees,
+so a step does not page-fault its scratch space in again (bloom_jax.host_memory)."""
 
 import os
 import platform
@@ -31,8 +31,8 @@ print('kept', host_memory.KEPT, 'faults', faults)
 '''
 
 
-def _run(system_malloc: bool) -> tuple[bool, int]:
-  env = {**os.environ, 'PYTHONPATH': ROOT, 'BLOOM_JAX_SYSTEM_MALLOC': '1' if system_malloc else ''}
+def _run(keep: bool) -> tuple[bool, int]:
+  env = {**os.environ, 'PYTHONPATH': ROOT, 'BLOOM_JAX_KEEP_FREED_MEMORY': '1' if keep else ''}
   out = subprocess.run([sys.executable, '-c', PROGRAM], cwd=ROOT, capture_output=True,
                        text=True, timeout=300, env=env)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -41,9 +41,9 @@ def _run(system_malloc: bool) -> tuple[bool, int]:
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='tunes glibc malloc only')
-def test_importing_bloom_jax_reuses_freed_host_memory_instead_of_faulting_it_in():
-  system_kept, system_faults = _run(system_malloc=True)
-  kept, faults = _run(system_malloc=False)
+def test_keeping_freed_host_memory_stops_faulting_it_in_at_every_call():
+  system_kept, system_faults = _run(keep=False)
+  kept, faults = _run(keep=True)
   assert (system_kept, kept) == (False, True)
   # By default every call faults the 96 MiB temporary in (24,576 pages). Kept, a call
   # faults only while the heap is still growing to its working size (4-5 calls here).
