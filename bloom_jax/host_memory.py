@@ -3,7 +3,7 @@
 XLA:CPU mallocs an executable's scratch space (one buffer: 286 MB for the benchmark's
 train step) and its outputs on every call. glibc serves requests that large with fresh
 mmap'd pages and unmaps them on free; a thread's own arena does so for anything that
-outgrows its 64 MB heap, whatever M_MMAP_MAX says. So every step page-faulted its whole
+outgrows its 64 MB heap, whatever M_MMAP_MAX says. So every step page-faults its whole
 scratch space in again: 70,000 faults and about 0.2 s of kernel time per step on two
 cores, mostly inside the fusions that zero the scanned layers' stacked buffers.
 
