@@ -43,16 +43,19 @@ from collections.abc import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-# First: with BLOOM_JAX_KEEP_FREED_MEMORY=1, importing bloom_jax sets up host malloc, which
-# must precede any thread (bloom_jax/host_memory.py).
-import bloom_jax  # noqa: E402, F401, I001
+# First, as `python -m bloom_jax.train` does: start again with huge pages for XLA's large
+# host buffers, before anything else is imported (bloom_jax/host_memory.py).
+from bloom_jax import host_memory  # noqa: E402, I001
+
+if __name__ == '__main__':
+  host_memory.restart_with_huge_pages()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from bloom_jax import decoding, hf, host_memory, sharding, steps, train  # noqa: E402
+from bloom_jax import decoding, hf, sharding, steps, train  # noqa: E402
 from bloom_jax.model import Bloom  # noqa: E402
 from configs import default as default_config  # noqa: E402
 from configs import seed as seed_config  # noqa: E402
@@ -517,7 +520,7 @@ def main(argv=None) -> dict:
          'cpu': platform.processor() or platform.machine(),
          'compilation_cache_dir': jax.config.jax_compilation_cache_dir,
          'load_avg_at_start': os.getloadavg(), 'quick': args.quick, 'dtype': dtype,
-         'keeps_freed_host_memory': host_memory.KEPT}
+         'host_huge_pages': host_memory.huge_pages_requested()}
 
   # The machine's speed drifts within minutes: each timed step and decoding run is judged
   # against a ceiling reading taken just before it (see the module docstring).
@@ -627,8 +630,8 @@ def main(argv=None) -> dict:
   rows = [
       ('machine', f"{cores} cores, jax {env['jax']} ({env['backend']}), torch {env['torch']} "
                   f"({env['torch_threads']} threads), transformers {env['transformers']}"),
-      ('host malloc', 'keeps freed memory (BLOOM_JAX_KEEP_FREED_MEMORY=1)'
-                      if env['keeps_freed_host_memory'] else "glibc's default"),
+      ('host malloc', f'transparent huge pages for large blocks ({host_memory.TUNABLE}=1)'
+                      if env['host_huge_pages'] else "glibc's default (4 KiB pages)"),
       ('matmul ceiling', f"{fmt_rate(flops_ceiling, 'FLOP/s')} best ({dtype}, "
                          f"n={shape['matmul_n']}; readings, one before each step: "
                          f"{', '.join(fmt_rate(x, '') for x in flops_samples)})"),
