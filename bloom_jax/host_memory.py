@@ -6,7 +6,7 @@ unmaps them on free, so every step faults its whole scratch space in again, 4 Ki
 time: 70,000 page faults and about 0.2 s of kernel time per step on two cores.
 
 glibc's `glibc.malloc.hugetlb=1` tunable advises the kernel to back those blocks with
-2 MiB transparent huge pages: about 280 faults per step, and the step 5-10% faster, with
+2 MiB transparent huge pages: about 280 faults per step, and the step 4-11% faster, with
 the same peak resident memory and compile time. glibc reads tunables only when a process
 starts, so our programs (`python -m bloom_jax.PROGRAM`, `scripts/benchmark.py`) start
 themselves again with it set, before importing anything else. A `GLIBC_TUNABLES` that
