@@ -82,6 +82,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                       f'got {config.optimizer.schedule!r}')
   if config.optimizer.warmup_steps < 0:
     raise ConfigError('optimizer.warmup_steps: must be >= 0')
+  if not config.optimizer.clip_norm > 0:  # 0 would zero every update
+    raise ConfigError(f'optimizer.clip_norm: must be > 0 (a large value turns clipping off), '
+                      f'got {config.optimizer.clip_norm!r}')
   if config.get('best_mode', 'max') not in ('max', 'min'):
     raise ConfigError(f"best_mode: must be 'max' or 'min', got {config.best_mode!r}")
   if not config.tasks:

@@ -128,6 +128,7 @@ def test_checkpoint_restores_on_another_mesh(tmp_path, pipe):
     ('mesh.data', 16, 'mesh'),
     ('total_steps', 0, 'total_steps'),
     ('optimizer.schedule', 'step', 'optimizer.schedule'),
+    ('optimizer.clip_norm', 0.0, 'optimizer.clip_norm'),
     ('model.remat', 'sometimes', 'model.remat'),
 ])
 def test_bad_configs_fail_before_compiling(key, value, message):
