@@ -96,7 +96,9 @@ def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, sche
   finite = jnp.all(task_finite) & jnp.isfinite(grad_norm)
 
   def update(_):
-    updates, new_opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+    # The clipping reuses grad_norm (optim.clip_by_global_norm); other transforms ignore it.
+    updates, new_opt_state = optax.with_extra_args_support(optimizer).update(
+        grads, state['opt_state'], state['params'], grad_norm=grad_norm)
     return optax.apply_updates(state['params'], updates), new_opt_state
 
   # Only the taken branch runs, in place. Selecting between the new and the old values

@@ -41,3 +41,28 @@ def test_optimizer_state_has_the_same_structure_as_with_optax_clipping():
   ours = optim.clip_by_global_norm(1.0).init(params)
   theirs = optax.clip_by_global_norm(1.0).init(params)
   assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+
+
+def test_a_given_norm_is_used_instead_of_recomputing_it():
+  grads = {'kernel': jnp.full((4, 4), 2.0), 'bias': jnp.full(4, 2.0)}
+  norm = optax.tree.norm(grads)
+  clip = optim.clip_by_global_norm(1.0)
+  state = clip.init(grads)
+  computed = clip.update(grads, state)[0]
+  given = clip.update(grads, state, grad_norm=norm)[0]
+  jax.tree.map(np.testing.assert_array_equal, computed, given)
+  # The norm given is the one applied (here twice the true one: half the clipped size).
+  halved = clip.update(grads, state, grad_norm=2 * norm)[0]
+  assert float(optax.tree.norm(halved)) == pytest.approx(0.5, rel=1e-6)
+
+
+def test_the_optimizer_passes_the_norm_to_the_clipping_and_ignores_it_elsewhere():
+  config = type('OptConfig', (), dict(learning_rate=1e-2, warmup_steps=0, schedule='constant',
+                                      b1=0.9, b2=0.999, weight_decay=0.1, clip_norm=1.0))
+  optimizer = optim.make_optimizer(config, total_steps=10)
+  params = {'kernel': jnp.ones((4, 4)), 'bias': jnp.zeros(4)}
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 3.0), params)
+  state = optimizer.init(params)
+  computed = optimizer.update(grads, state, params)[0]
+  given = optimizer.update(grads, state, params, grad_norm=optax.tree.norm(grads))[0]
+  jax.tree.map(np.testing.assert_array_equal, computed, given)
