@@ -17,7 +17,12 @@ One run measures, on one machine:
   5. train-step compile time (lower + compile) at 2 and at 24 layers;
   6. the compiled peak memory of a long-sequence step with and without remat, from
      XLA's memory_analysis() (CPU has no allocator statistics);
-  7. the input pipeline's batches/s (configs/default.py, cached synthetic data).
+  7. the input pipeline's batches/s (configs/default.py, cached synthetic data);
+  8. the products alone, in XLA and in PyTorch in turns: the step's weight-matrix
+     products (forward, input and weight gradients) and one generated token's chain of
+     matrix-vector products. Our step and our decoding cannot be faster than XLA's
+     products, which bounds the ratios against transformers, MFU and the fraction of the
+     bandwidth floor on this machine ("bounds" in the table).
 
 Every timing is the median of repeated runs after a warm-up; wall clock only. A ceiling
 reading is the best of a few repetitions. The machine's speed drifts within minutes, so
@@ -122,13 +127,83 @@ def matmul_probe(n: int, dtype: str, reps: int = 5) -> Callable[[], float]:
   return read
 
 
-def gemm_flops(m: int, k: int, n: int, dtype: str, reps: int = 10) -> float:
-  """FLOP/s of one [m, k] @ [k, n] product: what the step's own matmul shapes can reach."""
-  a = jax.random.normal(jax.random.key(0), (m, k), dtype)
-  b = jax.random.normal(jax.random.key(1), (k, n), dtype)
-  dot = jax.jit(jnp.dot)
-  t, _ = median_time(lambda: dot(a, b).block_until_ready(), reps, warmup=2)
-  return 2 * m * k * n / t
+def _alternating_medians(fns: dict, reps: int) -> dict:
+  """Median seconds of each function, called in turns (order swapped every round) so
+  that the machine's drift hits them alike."""
+  names, times = list(fns), {name: [] for name in fns}
+  for name in names:
+    fns[name]()
+  for r in range(reps):
+    for name in (names if r % 2 else names[::-1]):
+      times[name].append(timed(fns[name]))
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _xla_against_torch(fn, args, reps: int) -> dict:
+  """Median seconds of `fn` jitted by XLA on `args` and run by PyTorch on the same
+  values, in turns."""
+  import torch
+
+  jitted, jargs = jax.jit(fn), jax.tree.map(jnp.asarray, args)
+  targs = jax.tree.map(torch.from_numpy, args)
+  return _alternating_medians({'xla_s': lambda: jitted(*jargs).block_until_ready(),
+                               'torch_s': lambda: fn(*targs)}, reps)
+
+
+# The three ways the step multiplies two matrices.
+_MATMULS = {'a @ b': lambda a, b: a @ b, 'a @ b.T': lambda a, b: a @ b.T,
+            'a.T @ b': lambda a, b: a.T @ b}
+
+
+def step_products(shape: dict, dtype: str, reps: int = 15) -> dict:
+  """Every dense product of the train step (each weight matrix's forward product, input
+  gradient and weight gradient, in the layouts our model multiplies them), timed alone in
+  XLA and in PyTorch (oneDNN) in turns on the same operands. Their sum is the time the
+  step's matmuls need in each library; with XLA's, it bounds how fast our step can be."""
+  tokens, h, vocab = shape['batch'] * shape['seq'], shape['hidden'], shape['vocab']
+  rng = np.random.default_rng(0)
+  normal = lambda *dims: rng.standard_normal(dims).astype(dtype)
+  result, totals = {}, {'xla_s': 0.0, 'torch_s': 0.0, 'flops': 0.0}
+  for name, k, n in (('qkv', h, 3 * h), ('attention_out', h, h), ('mlp_up', h, 4 * h),
+                     ('mlp_down', 4 * h, h), ('lm_head', h, vocab)):
+    x, dy = normal(tokens, k), normal(tokens, n)
+    if name == 'lm_head':  # tied to the embedding table, stored [vocab, hidden]
+      w, count = normal(n, k), 1
+      products = {'forward': ('a @ b.T', x, w), 'input_grad': ('a @ b', dy, w),
+                  'weight_grad': ('a.T @ b', dy, x)}
+    else:
+      w, count = normal(k, n), shape['layers']
+      products = {'forward': ('a @ b', x, w), 'input_grad': ('a @ b.T', dy, w),
+                  'weight_grad': ('a.T @ b', x, dy)}
+    for kind, (matmul, a, b) in products.items():
+      t = _xla_against_torch(_MATMULS[matmul], (a, b), reps)
+      flops = 2 * tokens * k * n
+      result[f'{name}.{kind}'] = {**t, 'count': count, 'flops': flops}
+      for key, value in (*t.items(), ('flops', flops)):
+        totals[key] += count * value
+  return {'products': result, **totals}
+
+
+def token_products(shape: dict, dtype: str, reps: int = 100) -> dict:
+  """One generated token's weight products (batch 1): each layer's QKV, attention-out,
+  MLP-up and MLP-down matrices, then the LM head, each input computed from the previous
+  output as in decoding, in XLA and in PyTorch in turns. The per-token time our decoding
+  cannot beat with XLA's matrix-vector products."""
+  h, vocab = shape['hidden'], shape['vocab']
+  rng = np.random.default_rng(0)
+  normal = lambda *dims: (0.02 * rng.standard_normal(dims)).astype(dtype)
+  layers = [(normal(h, 3 * h), normal(h, h), normal(h, 4 * h), normal(4 * h, h))
+            for _ in range(shape['layers'])]
+  embedding, x = normal(vocab, h), normal(1, h)
+
+  def chain(x, layers, embedding):
+    for qkv, out, up, down in layers:
+      x = x + (x @ qkv)[:, :h] @ out
+      x = x + (x @ up) @ down
+    return x @ embedding.T
+
+  t = _xla_against_torch(chain, (x, layers, embedding), reps)
+  return {**t, 'weight_bytes': int(sum(a.nbytes for a in jax.tree.leaves((layers, embedding))))}
 
 
 def bandwidth_probe(shape: tuple[int, int], dtype: str, reps: int = 10) -> Callable[[], float]:
@@ -527,11 +602,8 @@ def main(argv=None) -> dict:
   log('ceilings')
   matmul_ceiling = matmul_probe(shape['matmul_n'], dtype)
   bandwidth_ceiling = bandwidth_probe(shape['bandwidth_shape'], dtype)
-  rows_per_step = shape['batch'] * shape['seq']
-  step_gemms = {
-      'mlp_up': gemm_flops(rows_per_step, shape['hidden'], 4 * shape['hidden'], dtype),
-      'vocab_projection': gemm_flops(rows_per_step, shape['hidden'], shape['vocab'], dtype),
-  }
+  log('products alone, XLA and PyTorch')
+  products, token = step_products(shape, dtype), token_products(shape, dtype)
   log('our train step')
   ours = bench_train(bench_config(shape), shape['vocab'], shape['batch'], shape['seq'],
                      shape['steps'], mesh, ceiling=matmul_ceiling)
@@ -574,7 +646,20 @@ def main(argv=None) -> dict:
       'matmul_flops_per_s_readings': flops_samples,
       'bandwidth_bytes_per_s': bandwidth,
       'bandwidth_bytes_per_s_readings': bandwidth_samples,
-      'gemm_flops_per_s_at_step_shapes': step_gemms,
+      'step_products_xla_s': products['xla_s'],
+      'step_products_torch_s': products['torch_s'],
+      # How fast our step could be against transformers' if it did nothing but XLA's
+      # products; the same for one generated token.
+      'train_ratio_bound_from_xla_products': theirs['step_s'] / products['xla_s'],
+      'mfu_bound_from_xla_products': (ours['model_flops'] / products['xla_s']
+                                      / statistics.median(flops_samples)),
+      'token_products_xla_s': token['xla_s'],
+      'token_products_torch_s': token['torch_s'],
+      'decode_ratio_bound_from_xla_products': dec['hf_s'] / (dec['new_tokens'] * token['xla_s']),
+      'decode_floor_fraction_bound_from_xla_products': (
+          bytes_per_token / statistics.median(bandwidth_samples) / token['xla_s']),
+      'decode_loop_time_over_token_products': (dec['ours_per_token_s'] / token['xla_s']
+                                               if dec['ours_per_token_s'] else None),
       'train_tokens_per_s': train_tps,
       'train_steps_per_s': 1.0 / ours['step_s'],
       'train_page_faults_per_step': ours['page_faults_per_step'],
@@ -610,7 +695,8 @@ def main(argv=None) -> dict:
                                       / max(memory['none']['temp_size_in_bytes'], 1)),
       'input_batches_per_s': inputs['batches_per_s'],
       'details': {'shape': {k: list(v) if isinstance(v, tuple) else v for k, v in shape.items()},
-                  'env': env, 'train': ours, 'hf_train': theirs, 'decode': dec,
+                  'env': env, 'step_products': products, 'token_products': token,
+                  'train': ours, 'hf_train': theirs, 'decode': dec,
                   'compile': {str(k): v for k, v in compiles.items()},
                   'remat_memory': memory, 'input': inputs},
   }
@@ -635,8 +721,17 @@ def main(argv=None) -> dict:
       ('matmul ceiling', f"{fmt_rate(flops_ceiling, 'FLOP/s')} best ({dtype}, "
                          f"n={shape['matmul_n']}; readings, one before each step: "
                          f"{', '.join(fmt_rate(x, '') for x in flops_samples)})"),
-      ('GEMMs at step shapes', ', '.join(f"{k} {fmt_rate(v, 'FLOP/s')}"
-                                         for k, v in step_gemms.items())),
+      ('step products alone', f"XLA {products['xla_s'] * 1e3:.0f} ms "
+                              f"({fmt_rate(products['flops'] / products['xla_s'], 'FLOP/s')}), "
+                              f"PyTorch {products['torch_s'] * 1e3:.0f} ms "
+                              f"({fmt_rate(products['flops'] / products['torch_s'], 'FLOP/s')}): "
+                              f"the step's {sum(p['count'] for p in products['products'].values())}"
+                              f" weight-matrix products, {products['flops'] / 1e9:.1f} GFLOP"),
+      ('token products alone', f"XLA {token['xla_s'] * 1e3:.2f} ms "
+                               f"({fmt_rate(token['weight_bytes'] / token['xla_s'], 'B/s')}), "
+                               f"PyTorch {token['torch_s'] * 1e3:.2f} ms "
+                               f"({fmt_rate(token['weight_bytes'] / token['torch_s'], 'B/s')}): "
+                               f"one generated token's weight products"),
       ('bandwidth ceiling', f"{fmt_rate(bandwidth, 'B/s')} best (matvec "
                             f"{shape['bandwidth_shape']}; readings, one before each decoding "
                             f"run: {', '.join(fmt_rate(x, '') for x in bandwidth_samples)})"),
@@ -653,6 +748,10 @@ def main(argv=None) -> dict:
       ('train step (transformers)', f"{theirs['step_s'] * 1e3:.1f} ms, {hf_tps:,.0f} tokens/s"),
       ('train ratio ours/HF', f"{results['train_ratio_vs_hf']:.2f}x (best steps: "
                               f"{results['train_ratio_vs_hf_best_steps']:.2f}x)"),
+      ('train bounds', f"train ratio "
+                                     f"{results['train_ratio_bound_from_xla_products']:.2f}x, "
+                                     f"MFU {results['mfu_bound_from_xla_products']:.1%} (a step "
+                                     f"that did nothing but its weight-matrix products)"),
       ('model FLOPs/step', f"{ours['model_flops'] / 1e9:.2f} G (XLA counts "
                            f"{(ours['xla_flops'] or 0) / 1e9:.2f} G)"),
       ('MFU vs measured ceiling', f"{results['mfu_vs_measured_ceiling']:.1%} (median of "
@@ -666,6 +765,13 @@ def main(argv=None) -> dict:
                                f"{results['decode_ratio_vs_hf_best_runs']:.2f}x); greedy tokens "
                                f"agree for "
                                f"the first {dec['greedy_tokens_identical_prefix']}"),
+      ('decode bounds', f"decode ratio "
+                                     f"{results['decode_ratio_bound_from_xla_products']:.2f}x, "
+                                     f"{results['decode_floor_fraction_bound_from_xla_products']:.1%}"
+                                     f" of the floor (decoding that did nothing but its weight "
+                                     f"products); our loop takes "
+                                     f"{(dec['ours_per_token_s'] or 0) / token['xla_s']:.2f}x "
+                                     f"their time per token"),
       ('decode vs bandwidth floor', f"{results['decode_fraction_of_bandwidth_floor']:.1%} "
                                     f"(median of runs against their readings; "
                                     f"{results['decode_fraction_of_best_bandwidth_floor']:.1%}"
