@@ -50,6 +50,19 @@ def token_positions(mask: jax.Array) -> jax.Array:
   return (jnp.cumsum(mask, axis=-1) - 1) * mask
 
 
+def segment_positions(segment_ids: jax.Array) -> jax.Array:
+  """[B, S] segment ids (0: padding) -> each token's position inside its own segment.
+
+  Packed rows hold several examples; each starts again at position 0, so ALiBi distances
+  and sinusoidal positions are those the example would have alone. For a row holding one
+  contiguous example this equals `token_positions`.
+  """
+  index = jnp.arange(segment_ids.shape[-1])
+  previous = jnp.pad(segment_ids[..., :-1], [(0, 0)] * (segment_ids.ndim - 1) + [(1, 0)])
+  start = jax.lax.cummax(jnp.where(segment_ids != previous, index, 0), axis=segment_ids.ndim - 1)
+  return (index - start) * (segment_ids > 0)
+
+
 def alibi_bias(key_positions: jax.Array, n_head: int) -> jax.Array:
   """[B, K] key positions -> [B, n_head, 1, K] float32 bias, BLOOM's causal form.
 
@@ -96,13 +109,16 @@ def attention_allowed(
     num_queries: int,
     mode: str,
     prefix_mask: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
 ) -> jax.Array:
   """[B, 1, Q, K] boolean: may query i attend to key j.
 
   Queries are the keys at indices query_offset .. query_offset + Q - 1 (a KV cache puts
   earlier keys in front). `causal`: keys up to the query; `bidirectional`: every real
   key; `prefix`: causal, plus every key inside the prefix (so the prefix reads both
-  ways and what follows it reads left to right).
+  ways and what follows it reads left to right). With `segment_ids` [B, K] (a packed
+  row, no cache) a query sees only keys of its own segment, and the mode applies inside
+  each segment.
   """
   if mode not in ATTENTION_MODES:
     raise ValueError(f'attention mode {mode!r} is not one of {ATTENTION_MODES}')
@@ -116,6 +132,8 @@ def attention_allowed(
     if prefix_mask is None:
       raise ValueError("attention mode 'prefix' needs a prefix_mask")
     allowed &= (key_index <= query_index) | (prefix_mask[:, None, :] > 0)
+  if segment_ids is not None:
+    allowed &= segment_ids[:, :num_queries, None] == segment_ids[:, None, :]
   return allowed[:, None]
 
 

@@ -3,15 +3,8 @@
 Every function states its definition. Where nothing is counted (no examples, zero total
 weight, no tokens) the result is nan rather than an error, so an empty split still logs.
 
-`TaskMetrics` sums one task's per-batch statistics over an evaluation split and turns
-them into its head type's metrics:
-
-  classification  accuracy, macro_f1, loss
-  tagging         word_accuracy, loss
-  generation      rouge1, rouge2, rougeL, loss, perplexity
-  lm              loss, perplexity, bits_per_byte
-
-`loss` is the mean teacher-forced negative log-likelihood, in nats, per weighted target.
+Each task type sums its per-batch statistics over an evaluation split with these
+(`bloom_jax.task_types`).
 """
 
 import functools
@@ -20,11 +13,10 @@ import math
 import numpy as np
 from rouge_score import rouge_scorer
 
-HEADS = ('classification', 'tagging', 'generation', 'lm')
 ROUGE_TYPES = ('rouge1', 'rouge2', 'rougeL')
 
 
-def _ratio(numerator: float, denominator: float) -> float:
+def ratio(numerator: float, denominator: float) -> float:
   return float(numerator / denominator) if denominator > 0 else math.nan
 
 
@@ -49,7 +41,7 @@ def accuracy(pred, target, weights=None) -> float:
   sklearn's accuracy_score(target, pred, sample_weight=weights).
   """
   pred, target, weights = _flat(pred, target, weights)
-  return _ratio(np.sum(weights * (pred == target)), np.sum(weights))
+  return ratio(np.sum(weights * (pred == target)), np.sum(weights))
 
 
 def macro_f1(pred, target, num_classes: int, weights=None) -> float:
@@ -103,7 +95,7 @@ def word_accuracy(pred, target, weights, num_words=None) -> float:
   UPOS accuracy as UD's conll18_ud_eval.py reports it on gold tokenisation: correct
   tags over all gold words.
   """
-  return _ratio(*word_counts(pred, target, weights, num_words))
+  return ratio(*word_counts(pred, target, weights, num_words))
 
 
 # --------------------------------------------------------------------------------------
@@ -144,7 +136,7 @@ def rouge(predictions: list[str], references: list[list[str]]) -> dict[str, floa
 
 def perplexity(total_nll: float, total_tokens: float) -> float:
   """exp(total_nll / total_tokens): e to the mean negative log-likelihood (nats) per token."""
-  mean = _ratio(total_nll, total_tokens)
+  mean = ratio(total_nll, total_tokens)
   return math.inf if mean > 709 else math.exp(mean)  # exp overflows float64 past 709.78
 
 
@@ -154,84 +146,9 @@ def bits_per_byte(total_nll: float, total_bytes: float) -> float:
   Unlike perplexity it does not depend on the tokenizer, so models with different
   vocabularies compare.
   """
-  return _ratio(total_nll, total_bytes * math.log(2))
+  return ratio(total_nll, total_bytes * math.log(2))
 
 
 def nats_per_character(total_nll: float, total_chars: float) -> float:
   """total_nll / total_chars: the NLL in nats per character of the predicted text."""
-  return _ratio(total_nll, total_chars)
-
-
-# --------------------------------------------------------------------------------------
-# Accumulating over an evaluation split
-# --------------------------------------------------------------------------------------
-
-
-def _concatenate(parts: list[np.ndarray]) -> np.ndarray:
-  return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-
-
-class TaskMetrics:
-  """One task's statistics summed over the batches of an evaluation split.
-
-      sums = TaskMetrics('classification', num_labels=2)
-      for batch in batches:
-        sums.add(batch, jax.device_get(eval_step(params, batch)), predictions)
-      sums.result(references)   # {'accuracy': ..., 'macro_f1': ..., 'loss': ...}
-
-  `batch` is the host batch (features as bloom_jax.data.features builds them; padding
-  rows have weight 0). `result` is the eval step's per-example 'nll' and 'count' (sums
-  over weighted targets) and its argmax 'predictions'. Generation also takes the
-  decoded texts of the batch's real rows in `add`, and the references of the whole
-  split, in the same order, in `result`.
-  """
-
-  def __init__(self, head: str, num_labels: int = 0):
-    if head not in HEADS:
-      raise ValueError(f'head must be one of {HEADS}, got {head!r}')
-    if head == 'classification' and num_labels < 1:
-      raise ValueError('classification metrics need num_labels')
-    self.head, self.num_labels = head, num_labels
-    self.nll = self.count = 0.0
-    self.correct = self.words = 0.0    # tagging
-    self.num_bytes = 0.0               # lm
-    self.preds, self.targets, self.weights = [], [], []   # classification, real rows
-    self.texts = []                    # generation
-
-  def add(self, batch: dict, result: dict, predictions: list[str] | None = None) -> None:
-    self.nll += float(np.sum(result['nll']))
-    self.count += float(np.sum(result['count']))
-    if self.head == 'classification':
-      real = np.asarray(batch['weights']) > 0
-      self.preds.append(np.asarray(result['predictions'])[real])
-      self.targets.append(np.asarray(batch['targets'])[real])
-      self.weights.append(np.asarray(batch['weights'])[real])
-    elif self.head == 'tagging':
-      correct, words = word_counts(result['predictions'], batch['targets'], batch['weights'],
-                                   batch['num_words'])
-      self.correct += correct
-      self.words += words
-    elif self.head == 'lm':
-      self.num_bytes += float(np.sum(batch['target_bytes']))
-    else:
-      if predictions is None:
-        raise ValueError('generation metrics need the decoded predictions of each batch')
-      self.texts.extend(predictions)
-
-  def result(self, references: list[list[str]] | None = None) -> dict[str, float]:
-    out = {'loss': _ratio(self.nll, self.count)}
-    if self.head == 'classification':
-      pred, target, weights = map(_concatenate, (self.preds, self.targets, self.weights))
-      out['accuracy'] = accuracy(pred, target, weights)
-      out['macro_f1'] = macro_f1(pred, target, self.num_labels, weights)
-    elif self.head == 'tagging':
-      out['word_accuracy'] = _ratio(self.correct, self.words)
-    elif self.head == 'lm':
-      out['perplexity'] = perplexity(self.nll, self.count)
-      out['bits_per_byte'] = bits_per_byte(self.nll, self.num_bytes)
-    else:
-      if references is None:
-        raise ValueError('generation metrics need the references of the split')
-      out.update(rouge(self.texts, references))
-      out['perplexity'] = perplexity(self.nll, self.count)
-    return out
+  return ratio(total_nll, total_chars)

@@ -143,16 +143,23 @@ class Bloom(nnx.Module):
     return tied_projection(hidden, embeddings).astype(jnp.float32)
 
   def hidden_states(self, input_ids, attention_mask=None, *, mode='causal', prefix_mask=None,
-                    cache=None, dropout_key=None):
+                    segment_ids=None, cache=None, dropout_key=None):
     """Final-LayerNorm hidden states [B, S, H] (and the updated cache, or None).
 
     `attention_mask` [B, S] marks real tokens (1) and padding (0), left or right.
-    `prefix_mask` [B, S] marks the bidirectional prefix in mode 'prefix'. With a cache,
-    the S new tokens follow the ones already cached. `dropout_key` turns dropout on
-    (training); without it the model is deterministic.
+    `segment_ids` [B, S] instead numbers the examples packed into each row (1, 2, ...;
+    0 is padding): every example attends only to itself, its positions start at 0, and
+    the mode applies inside it, so its hidden states are those it would have alone.
+    `prefix_mask` [B, S] marks the bidirectional prefix (of each segment) in mode
+    'prefix'. With a cache, the S new tokens follow the ones already cached. `dropout_key`
+    turns dropout on (training); without it the model is deterministic.
     """
     cfg = self.cfg
     batch, length = input_ids.shape
+    if segment_ids is not None:
+      if cache is not None:
+        raise ValueError('packed rows (segment_ids) are for cache-free calls')
+      attention_mask = segment_ids > 0
     if attention_mask is None:
       attention_mask = jnp.ones((batch, length), jnp.int32)
     attention_mask = attention_mask.astype(jnp.int32)
@@ -163,7 +170,8 @@ class Bloom(nnx.Module):
       key_mask = jax.lax.dynamic_update_slice_in_dim(cache['mask'], attention_mask, offset, 1)
       key_prefix = None if prefix_mask is None else jax.lax.dynamic_update_slice_in_dim(
           jnp.zeros_like(key_mask), prefix_mask.astype(jnp.int32), offset, 1)
-    positions = layers.token_positions(key_mask)
+    positions = (layers.token_positions(key_mask) if segment_ids is None
+                 else layers.segment_positions(segment_ids))
     query_positions = jax.lax.dynamic_slice_in_dim(positions, offset, length, 1)
 
     x = jnp.take(self.word_embeddings[...], input_ids, axis=0).astype(cfg.dtype)
@@ -178,7 +186,7 @@ class Bloom(nnx.Module):
       # Also the causal bias for cuDNN: on allowed keys it is BLOOM's up to a row constant,
       # and its values stay small near the diagonal, where a bf16 bias must be exact.
       alibi = layers.symmetric_alibi_bias(query_positions, positions, cfg.n_head)
-    allowed = layers.attention_allowed(key_mask, offset, length, mode, key_prefix)
+    allowed = layers.attention_allowed(key_mask, offset, length, mode, key_prefix, segment_ids)
     kv = None if cache is None else {'k': cache['k'], 'v': cache['v']}
     layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layer)
     if isinstance(self.h, nnx.List):  # per-layer blocks, see `unstack_layers`

@@ -19,9 +19,9 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from bloom_jax import cli, compat, config_lib, decoding, evaluate, sharding
-from bloom_jax import tasks as tasks_lib
-from bloom_jax.data import DataError
+from bloom_jax import cli, compat, decoding, runs, sharding
+from bloom_jax.errors import ConfigError, DataError
+from bloom_jax.evaluation import left_padded
 
 FLAGS = flags.FLAGS
 
@@ -50,11 +50,12 @@ def read_texts(path: str, field: str) -> list[str]:
 
 
 class Predictor:
-  """Jitted heads of one restored run."""
+  """The jitted pieces a task type's `predict` uses, for one restored run."""
 
-  def __init__(self, pipe, setup, mesh, params):
-    self.pipe, self.setup, self.mesh, self.params = pipe, setup, mesh, params
-    model = nnx.merge(setup.graphdef, setup.abstract_state)
+  def __init__(self, run: runs.Run):
+    self.run, self.tokenizer = run, run.pipe.tokenizer
+    self.multiple = sharding.data_parallel_size(run.mesh)
+    model = nnx.merge(run.setup.graphdef, run.setup.abstract_state)
     self.lm_graphdef, self.lm_abstract = nnx.split(model.bloom)
     self._logits = {}
 
@@ -62,101 +63,73 @@ class Predictor:
   def _decoder(self) -> tuple[nnx.GraphDef, nnx.State]:
     """The trunk with its layers unstacked once: the weights are the same for every batch."""
     return decoding.unstacked(self.lm_graphdef,
-                              compat.from_pure_dict(self.lm_abstract, self.params['bloom']))
+                              compat.from_pure_dict(self.lm_abstract, self.run.params['bloom']))
 
-  def logits(self, task: str, batch: dict) -> np.ndarray:
-    if task not in self._logits:
-      self._logits[task] = jax.jit(functools.partial(
-          _task_logits, graphdef=self.setup.graphdef, abstract_state=self.setup.abstract_state,
-          task=task, head=self.pipe.tasks[task].head))
-    fn = self._logits[task]
-    return np.asarray(jax.device_get(fn(self.params, sharding.global_batch(batch, self.mesh))))
+  def rows(self, task, rows: list[dict]) -> dict:
+    """Canonical rows without targets -> model rows, one example each, in order."""
+    examples, _ = task.type.encode(task, self.tokenizer, rows, False, None)
+    return _pad_rows(task.type.rows(task, examples, self.tokenizer.pad_id, False), self.multiple)
 
-  def predict(self, task: str, texts: list[str], **decode_options) -> list[dict]:
-    spec, tok = self.pipe.tasks[task], self.pipe.tokenizer
-    batch = _pad_rows(self.pipe.encode_for_inference(task, texts),
-                      sharding.data_parallel_size(self.mesh))
-    n = len(texts)
-    if spec.head == 'classification':
-      probs = jax.nn.softmax(self.logits(task, _model_inputs(batch)), axis=-1)[:n]
-      return [{'text': t, 'label': spec.labels[int(np.argmax(p))],
-               'probabilities': dict(zip(spec.labels, np.round(p, 6).tolist(), strict=True))}
-              for t, p in zip(texts, np.asarray(probs), strict=True)]
-    if spec.head == 'tagging':
-      tags = np.argmax(self.logits(task, _model_inputs(batch)), axis=-1)[:n]
-      out = []
-      for i, words in enumerate(batch['words'][:n]):
-        starts = np.flatnonzero(batch['weights'][i])
-        labels = [spec.labels[int(tags[i, s])] for s in starts]
-        labels += [None] * (len(words) - len(labels))  # words cut by max_length
-        out.append({'text': texts[i], 'tags': list(zip(words, labels, strict=True))})
-      return out
-    mode = 'prefix' if spec.head == 'generation' else 'causal'
+  def probabilities(self, task, batch: dict) -> np.ndarray:
+    """Softmax of the task's logits for every row of `batch`."""
+    if task.name not in self._logits:
+      self._logits[task.name] = jax.jit(functools.partial(
+          _task_logits, graphdef=self.run.setup.graphdef,
+          abstract_state=self.run.setup.abstract_state, task=task))
+    inputs = {k: v for k, v in batch.items() if k not in ('num_words', 'target_bytes')}
+    logits = self._logits[task.name](self.run.params, sharding.global_batch(inputs, self.run.mesh))
+    return np.asarray(jax.device_get(jax.nn.softmax(logits, axis=-1)))
+
+  def generate(self, task, prompts: list[list[int]], width: int, **options) -> list[str]:
+    """Continuations of token prompts (left-padded to `width`), decoded to text."""
+    tok, n = self.tokenizer, len(prompts)
+    ids, mask = left_padded(prompts + [prompts[-1]] * (-n % self.multiple), width, tok.pad_id)
     result = decoding.generate(
-        *self._decoder, sharding.global_batch(batch['prompt_ids'], self.mesh),
-        sharding.global_batch(batch['prompt_mask'], self.mesh),
-        max_new_tokens=spec.target_length, eos_id=tok.eos_id, pad_id=tok.pad_id,
-        prompt_mode=mode, **decode_options)
+        *self._decoder, sharding.global_batch(ids, self.run.mesh),
+        sharding.global_batch(mask, self.run.mesh), max_new_tokens=task.target_length,
+        eos_id=tok.eos_id, pad_id=tok.pad_id, prompt_mode=task.attention, **options)
     tokens, lengths = jax.device_get((result['tokens'], result['lengths']))
-    return [{'text': t, 'generated': tok.decode([int(x) for x in row[:length] if x != tok.eos_id])}
-            for t, row, length in zip(texts, tokens[:n], lengths[:n], strict=True)]
+    return [tok.decode([int(x) for x in row[:length] if x != tok.eos_id])
+            for row, length in zip(tokens[:n], lengths[:n], strict=True)]
 
 
-def _task_logits(params, batch, *, graphdef, abstract_state, task, head):
+def _task_logits(params, batch, *, graphdef, abstract_state, task):
   model = nnx.merge(graphdef, compat.from_pure_dict(abstract_state, params))
-  return model(task, head, batch)
-
-
-def _model_inputs(batch):
-  keys = ('input_ids', 'attention_mask', 'prefix_mask')
-  return {k: v for k, v in batch.items() if k in keys}
+  return model(task, batch)
 
 
 def _pad_rows(batch: dict, multiple: int) -> dict:
   """Repeats the last row so the batch splits evenly over the data-parallel devices."""
   def pad(x):
-    if not isinstance(x, np.ndarray):
-      return x
     extra = -len(x) % multiple
     return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
 
   return {k: pad(v) for k, v in batch.items()}
 
 
-def format_prediction(head: str, p: dict) -> str:
-  if head == 'classification':
-    probs = ', '.join(f'{k}={v:.3f}' for k, v in p['probabilities'].items())
-    return f"{p['label']}\t({probs})"
-  if head == 'tagging':
-    return ' '.join(f'{w}/{t}' for w, t in p['tags'])
-  return p['generated']
-
-
 def main(argv):
   del argv
   if bool(FLAGS.text) == bool(FLAGS.input):
-    raise config_lib.ConfigError('give exactly one of --text or --input')
+    raise ConfigError('give exactly one of --text or --input')
   output = FLAGS.output and cli.inside_workdir(FLAGS.workdir, FLAGS.output, '--output')
   texts = [FLAGS.text] if FLAGS.text else read_texts(FLAGS.input, FLAGS.field)
-  if FLAGS.task not in tasks_lib.REGISTRY:
-    raise config_lib.ConfigError(f'--task: unknown task {FLAGS.task!r}')
-  _, pipe, setup, mesh, params, _ = evaluate.load_run(FLAGS.workdir)
-  if FLAGS.task not in pipe.tasks:
-    raise config_lib.ConfigError(f'--task: the run in {FLAGS.workdir} has no head for '
-                                 f'{FLAGS.task!r} (it has {", ".join(pipe.tasks)})')
-  predictor = Predictor(pipe, setup, mesh, params)
-  head = pipe.tasks[FLAGS.task].head
-  options = {} if head in ('classification', 'tagging') else dict(
-      method=FLAGS.method, temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-      num_beams=FLAGS.num_beams, seed=FLAGS.seed)
+  run = runs.load_run(FLAGS.workdir)
+  if FLAGS.task not in run.pipe.tasks:
+    raise ConfigError(f'--task: the run in {FLAGS.workdir} has no head for {FLAGS.task!r} '
+                      f'(it has {", ".join(run.pipe.tasks)})')
+  predictor = Predictor(run)
+  task = run.pipe.tasks[FLAGS.task]
+  options = dict(method=FLAGS.method, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+                 top_p=FLAGS.top_p, num_beams=FLAGS.num_beams, seed=FLAGS.seed) \
+      if task.type.generates else {}
   out = open(output, 'w', encoding='utf-8') if output else None
   chunk = 64
   for start in range(0, len(texts), chunk):
-    for p in predictor.predict(FLAGS.task, texts[start:start + chunk], **options):
+    for p in task.type.predict(predictor, task, texts[start:start + chunk], **options):
       if FLAGS.input:
         print(json.dumps(p, ensure_ascii=False), file=out or sys.stdout)
       else:
-        print(format_prediction(head, p))
+        print(task.type.format_prediction(task, p))
     if FLAGS.input:
       done = min(start + chunk, len(texts))
       print(f'\rpredict: {done}/{len(texts)} texts', end='\n' if done == len(texts) else '',

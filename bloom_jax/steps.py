@@ -1,6 +1,6 @@
 """Pure train and eval steps: the weighted sum of per-task losses, one jitted update.
 
-    loss = sum_t w_t * L_t,   L_t = weighted mean cross-entropy of task t's sub-batch
+    loss = sum_t w_t * L_t,   L_t = weighted mean loss of task t's sub-batch (its type's)
 
 The train state is a plain pytree {params, opt_state, step, nonfinite}; the model is
 rebuilt from (graphdef, params) inside the trace, so nothing walks Python objects per
@@ -18,43 +18,37 @@ from flax import nnx
 from bloom_jax import compat
 
 
-def token_nll(logits, targets):
-  """-log softmax(logits)[target] at every position, and whether the target is a top logit.
-
-  The target's logit is picked by a one-hot product, whose gradient is elementwise;
-  take_along_axis's is a scatter into a zeroed [..., V] buffer, a large extra pass over
-  the vocabulary-sized gradient. The max is the one logsumexp computes anyway (ties,
-  which random float logits do not have, count as correct).
-  """
-  logits = logits.astype(jnp.float32)
-  one_hot = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
-  target = jnp.sum(logits * one_hot, axis=-1)
-  return jax.nn.logsumexp(logits, axis=-1) - target, target >= jnp.max(logits, axis=-1)
+def task_statistics(model, task, batch, dropout_key=None):
+  """Loss sums and prediction counts of one task's sub-batch of packed rows."""
+  logits = model(task, batch, dropout_key)
+  loss, weights, correct = task.type.losses(logits, batch)
+  stats = {'loss_sum': jnp.sum(loss * weights), 'count': jnp.sum(weights),
+           'examples': count_segments(batch['segment_ids'])}
+  if correct is not None:
+    stats['correct'] = jnp.sum(correct * weights)
+  return stats
 
 
-def task_statistics(model, task, head, batch, dropout_key=None):
-  """Loss sums and prediction counts of one task's sub-batch."""
-  logits = model(task, head, batch, dropout_key)
-  weights = batch['weights'].astype(jnp.float32)
-  nll, correct = token_nll(logits, batch['targets'])
-  return {'nll': jnp.sum(nll * weights), 'count': jnp.sum(weights),
-          'correct': jnp.sum(correct * weights)}, logits
+def count_segments(segment_ids: jax.Array) -> jax.Array:
+  """Examples in a batch of packed rows: the positions where a new segment starts."""
+  previous = jnp.pad(segment_ids[:, :-1], ((0, 0), (1, 0)))
+  return jnp.sum((segment_ids > 0) & (segment_ids != previous)).astype(jnp.float32)
 
 
 def multitask_loss(params, graphdef, abstract_state, tasks, batch, dropout_key, counts):
-  """sum_t w_t * L_t and per-task statistics. `tasks`: ((name, head, loss_weight), ...).
+  """sum_t w_t * L_t and per-task statistics. `tasks`: the mixture's TaskSpecs, in order.
 
-  L_t is task t's summed cross-entropy over `counts[t]`, the weight of its whole
-  sub-batch, so summing this over micro-batches gives exactly the full batch's loss.
+  L_t is task t's summed loss over `counts[t]`, the weight of its whole sub-batch, so
+  summing this over micro-batches gives exactly the full batch's loss.
   """
   model = nnx.merge(graphdef, compat.from_pure_dict(abstract_state, params))
   total, stats = 0.0, {}
-  for i, (name, head, weight) in enumerate(tasks):
+  for i, task in enumerate(tasks):
     key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-    s, _ = task_statistics(model, name, head, batch[name], key)
-    s['loss'] = s['nll'] / jnp.maximum(counts[name], 1.0)
-    total = total + weight * s['loss']
-    stats[name] = s
+    s = task_statistics(model, task, batch[task.name], key)
+    s['loss'] = s['loss_sum'] / jnp.maximum(counts[task.name], 1.0)
+    total = total + task.loss_weight * s['loss']
+    stats[task.name] = s
   return total, stats
 
 
@@ -67,7 +61,7 @@ def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, sche
                seed, grad_accum):
   step = state['step']
   dropout_key = jax.random.fold_in(jax.random.key(seed), step)
-  counts = {name: jnp.sum(batch[name]['weights'].astype(jnp.float32)) for name, _, _ in tasks}
+  counts = {t.name: jnp.sum(batch[t.name]['weights'].astype(jnp.float32)) for t in tasks}
   loss_fn = functools.partial(jax.value_and_grad(multitask_loss, has_aux=True),
                               graphdef=graphdef, abstract_state=abstract_state, tasks=tasks,
                               counts=counts)
@@ -92,7 +86,7 @@ def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, sche
         accumulate, zeros, (jnp.arange(grad_accum), micro_batches))
 
   grad_norm = optax.tree.norm(grads)
-  task_finite = jnp.stack([jnp.isfinite(stats[name]['loss']) for name, _, _ in tasks])
+  task_finite = jnp.stack([jnp.isfinite(stats[t.name]['loss']) for t in tasks])
   finite = jnp.all(task_finite) & jnp.isfinite(grad_norm)
 
   def update(_):
@@ -118,19 +112,20 @@ def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, sche
              'skipped': (~finite).astype(jnp.int32)}
   for name, s in stats.items():
     metrics[f'{name}/loss'] = s['loss']
-    metrics[f'{name}/accuracy'] = s['correct'] / jnp.maximum(counts[name], 1.0)
+    metrics[f'{name}/examples'] = s['examples']
+    if 'correct' in s:
+      metrics[f'{name}/accuracy'] = s['correct'] / jnp.maximum(counts[name], 1.0)
   return new_state, metrics
 
 
-def eval_step(params, batch, *, graphdef, abstract_state, task, head):
-  """Per-example predictions and loss sums of one eval batch (no dropout)."""
+def eval_step(params, batch, *, graphdef, abstract_state, task):
+  """Per-row predictions and loss sums of one eval batch (no dropout)."""
   model = nnx.merge(graphdef, compat.from_pure_dict(abstract_state, params))
-  logits = model(task, head, batch)
-  nll, _ = token_nll(logits, batch['targets'])
-  weights = batch['weights'].astype(jnp.float32)
-  token_axes = tuple(range(1, nll.ndim))
+  logits = model(task, batch)
+  loss, weights, _ = task.type.losses(logits, batch)
+  position_axes = tuple(range(1, loss.ndim))
   return {
-      'predictions': jnp.argmax(logits, -1),
-      'nll': jnp.sum(nll * weights, axis=token_axes),
-      'count': jnp.sum(weights, axis=token_axes),
+      'predictions': task.type.predictions(logits),
+      'loss_sum': jnp.sum(loss * weights, axis=position_axes),
+      'count': jnp.sum(weights, axis=position_axes),
   }

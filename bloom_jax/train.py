@@ -11,44 +11,22 @@ loop (log, evaluate, checkpoint).
 """
 
 import contextlib
-import dataclasses
-import functools
 import json
 import os
 import signal
 import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from flax import nnx
-from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from bloom_jax import (
-  checkpointing,
-  cli,
-  compat,
-  config_lib,
-  evaluation,
-  hf,
-  optim,
-  sharding,
-  steps,
-  workdir_lock,
-)
-from bloom_jax import data as data_lib
-from bloom_jax.heads import MultiTaskModel
-from bloom_jax.model import BloomConfig
+from bloom_jax import checkpointing, cli, config_lib, evaluation, runs, sharding, workdir_lock
+from bloom_jax.errors import NonFiniteError
 
 FLAGS = flags.FLAGS
-
-
-class NonFiniteError(FloatingPointError):
-  """A NaN/inf loss or gradient with `skip_nonfinite=False`."""
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -68,11 +46,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     cleanup.callback(ckpt.close)  # also on errors: in-flight saves of good states finish
 
     # ---------------------------------------------------------------------- input
-    multiple = sharding.data_parallel_size(mesh) * config.optimizer.grad_accum
-    pipe = _prepare_data(config, workdir, multiple)
+    pipe = runs.prepare_data(config, workdir, mesh)
 
     # ---------------------------------------------------------------------- model, step
-    setup = build(config, pipe, mesh)
+    setup = runs.build(config, pipe.tasks, pipe.tokenizer.vocab_size, mesh)
     logging.info('Model: %s, %.2fM parameters', setup.model_config, setup.num_params / 1e6)
 
     # ---------------------------------------------------------------------- restore or init
@@ -111,7 +88,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         line = {k: float(v) / n for k, v in jax.device_get(sums).items()}
         line = {**{('train/' + k if '/' in k else k): v for k, v in line.items()},
                 'step': step, 'steps_per_s': n / elapsed,
-                'tokens_per_s': n * _tokens(local_batch) * jax.process_count() / elapsed}
+                'tokens_per_s': n * _tokens(local_batch) * jax.process_count() / elapsed,
+                'nonpad_tokens_per_s':
+                    n * _tokens(local_batch, nonpad=True) * jax.process_count() / elapsed}
         line['skipped'] = round(line['skipped'] * n)
         _check_finite(state, setup.tasks, config)
         sums, window_start = None, (step, time.time())
@@ -136,116 +115,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return last_line
 
 
-# -------------------------------------------------------------------------- setup
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-  """The model, its shardings and the jitted step for one config, data and mesh."""
-
-  model_config: BloomConfig
-  tasks: tuple[tuple[str, str, float], ...]   # (name, head, loss weight)
-  graphdef: nnx.GraphDef
-  abstract_state: nnx.State
-  state_shardings: dict
-  init_train_state: Callable[[], dict]
-  abstract_train_state: Callable[[], dict]    # the restore target: shapes + shardings
-  train_step: Callable
-
-  @property
-  def num_params(self) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state))
-
-
-def build(config, pipe, mesh) -> Setup:
-  tasks = tuple((name, spec.head, float(spec.loss_weight)) for name, spec in pipe.tasks.items())
-  label_counts = {name: spec.num_labels for name, spec in pipe.tasks.items()
-                  if spec.head in ('classification', 'tagging')}
-  model_cfg = config_lib.model_config(config, vocab_size=pipe.tokenizer.vocab_size)
-  make_model = lambda: MultiTaskModel(model_cfg, label_counts, rngs=nnx.Rngs(config.seed))
-  graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
-  optimizer = optim.make_optimizer(config.optimizer, config.total_steps)
-
-  # Parameters and optimizer state are created already sharded: no full copy ever sits
-  # on one device. Adam's moments are sharded like their parameters.
-  param_shardings = compat.to_pure_dict(sharding.state_shardings(abstract_state, mesh))
-  init_params = jax.jit(lambda: compat.to_pure_dict(nnx.state(make_model())),
-                        out_shardings=param_shardings)
-  abstract_params = jax.eval_shape(init_params)
-  opt_shardings = sharding.like_params(jax.eval_shape(optimizer.init, abstract_params),
-                                       abstract_params, param_shardings, mesh)
-  init_opt = jax.jit(optimizer.init, out_shardings=opt_shardings)
-  replicated = sharding.replicated(mesh)
-  state_shardings = {'params': param_shardings, 'opt_state': opt_shardings,
-                     'step': replicated, 'nonfinite': replicated}
-
-  def init_train_state():
-    params = init_params()
-    if config.model.get('init_from_hf'):
-      params = _with_hf_trunk(params, config.model.init_from_hf, param_shardings)
-    counters = jax.device_put({'step': np.zeros((), np.int32),
-                               'nonfinite': np.full((2,), -1, np.int32)}, replicated)
-    return {'params': params, 'opt_state': init_opt(params), **counters}
-
-  def abstract_train_state():
-    shapes = {'params': abstract_params, 'opt_state': jax.eval_shape(init_opt, abstract_params),
-              'step': jax.ShapeDtypeStruct((), jnp.int32),
-              'nonfinite': jax.ShapeDtypeStruct((2,), jnp.int32)}
-    return checkpointing.abstract_like(shapes, state_shardings)
-
-  train_step = jax.jit(
-      functools.partial(steps.train_step, graphdef=graphdef, abstract_state=abstract_state,
-                        tasks=tasks, optimizer=optimizer,
-                        schedule=optim.learning_rate_schedule(config.optimizer, config.total_steps),
-                        seed=config.seed, grad_accum=config.optimizer.grad_accum),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, replicated), donate_argnums=0)
-  return Setup(model_cfg, tasks, graphdef, abstract_state, state_shardings, init_train_state,
-               abstract_train_state, train_step)
-
-
 # -------------------------------------------------------------------------- helpers
 
 
-def _prepare_data(config, workdir, multiple):
-  """Process 0 prepares the data (tokenizer, arrays) first; the others then read its
-  cache instead of racing to write the same files."""
-  pipe = None
-  if jax.process_index() == 0:
-    pipe = data_lib.Pipeline(config, workdir=workdir, multiple=multiple)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices('bloom_jax: data prepared')
-  return pipe or data_lib.Pipeline(config, workdir=workdir, multiple=multiple)
-
-
-def _tokens(local_batch) -> int:
-  """Token positions one step processes on this host (padding included)."""
-  return sum(int(np.prod(b['input_ids'].shape)) for b in local_batch.values())
-
-
-def _with_hf_trunk(params, hf_dir, param_shardings):
-  """Replaces the freshly initialised trunk with a Hugging Face checkpoint's weights."""
-  trunk_cfg = hf.read_config(hf_dir)
-  loaded = hf.load_params(hf_dir, trunk_cfg)
-  mismatched = [k for k, v in loaded.items() if k not in params['bloom']]
-  if mismatched or jax.tree.map(np.shape, loaded) != jax.tree.map(np.shape, params['bloom']):
-    raise config_lib.ConfigError(
-        f'model.init_from_hf: {hf_dir} has a trunk of another shape than config.model')
-  trunk = jax.device_put(loaded, param_shardings['bloom'])
-  return {**params, 'bloom': jax.tree.map(lambda a, b: a.astype(b.dtype), trunk, params['bloom'])}
+def _tokens(local_batch, nonpad: bool = False) -> int:
+  """Token positions one step processes on this host (with `nonpad`: those holding a token)."""
+  return sum(int(np.sum(b['segment_ids'] > 0)) if nonpad else int(np.prod(b['input_ids'].shape))
+             for b in local_batch.values())
 
 
 def _check_finite(state, tasks, config):
   step, task = (int(x) for x in jax.device_get(state['nonfinite']))
   if step >= 0 and not config.skip_nonfinite:
     raise NonFiniteError(f'non-finite loss or gradient at step {step + 1} '
-                         f'(task {tasks[task][0]!r}); the update was not applied and no '
+                         f'(task {tasks[task].name!r}); the update was not applied and no '
                          'checkpoint holds it. Set skip_nonfinite=True to skip such updates.')
 
 
 def _summary_writer(workdir: str, is_chief: bool):
-  # Imported here: clu's writers load TensorFlow (seconds), which evaluate, predict and
-  # the benchmarks, importing this module for `build`, never need.
+  # Imported here: clu's writers load TensorFlow (seconds), which a run with
+  # `tensorboard=False` never needs.
   from clu import metric_writers
   return metric_writers.create_default_writer(workdir, just_logging=not is_chief)
 

@@ -28,7 +28,8 @@ def get_config(arg=None):
   c.data.dir = ''                  # root of local data files (unused by the synthetic tasks)
   c.data.tfds_dir = ''             # TFDS data_dir + prepared arrays ('': $BLOOM_JAX_TFDS_DIR
                                    #   or ~/.cache/bloom_jax/tfds)
-  c.data.batch_size = 96           # examples per step, all tasks together
+  c.data.batch_size = 96           # rows per step, all tasks together
+  c.data.pack = True               # several examples per row (segment ids keep them apart)
   c.data.rates = 'explicit'        # 'explicit' | 'size' | 'temperature'
   c.data.temperature = 2.0         # for rates='temperature'
   c.data.eval_batch_size = 64

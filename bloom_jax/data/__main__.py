@@ -2,24 +2,32 @@
 
   python -m bloom_jax.data --config configs/default.py --show 2
   python -m bloom_jax.data --config configs/real_multitask.py --config.data.dir=/data --show 2
+  python -m bloom_jax.data --config configs/real_multitask.py --json packing.json
+
+`--json` writes, per task, how its training rows are packed: `rows`, `examples_per_row`
+and `nonpad_fraction` (the share of row positions that hold a token).
 """
 
-import numpy as np
-from absl import app, flags
+import json
+
+from absl import flags
 from ml_collections import config_flags
 
+from bloom_jax import cli
 from bloom_jax.data.pipeline import Pipeline
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.')
 _SHOW = flags.DEFINE_integer('show', 2, 'Examples to decode per task and split.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where a trained tokenizer is cached.')
+_JSON = flags.DEFINE_string('json', None, "Write each task's training-row packing statistics here.")
 
 
 def describe_split(name: str, split: str, stats: dict, max_length: int) -> list[str]:
   p = stats['length_percentiles']
-  lines = [f'  {split}: {stats["examples"]} examples, {stats["rows"]} rows; tokens p50={p["50"]} '
-           f'p90={p["90"]} p99={p["99"]} max={p["100"]}; truncated to {max_length}: '
-           f'{stats["truncated"]} ({stats["truncated"] / max(stats["examples"], 1):.1%})']
+  lines = [f'  {split}: {stats["examples"]} examples, {stats["encoded"]} encoded; '
+           f'tokens p50={p["50"]} p90={p["90"]} p99={p["99"]} max={p["100"]}; '
+           f'truncated to {max_length}: {stats["truncated"]} '
+           f'({stats["truncated"] / max(stats["examples"], 1):.1%})']
   if 'labels' in stats:
     total = max(sum(stats['labels'].values()), 1)
     lines.append('    labels: ' + ', '.join(f'{k} {v} ({v / total:.1%})'
@@ -30,51 +38,27 @@ def describe_split(name: str, split: str, stats: dict, max_length: int) -> list[
   return lines
 
 
-def _verdict(decoded: str, source: str) -> str:
-  if decoded == source:
-    return 'matches source'
-  return 'source prefix (truncated)' if source.startswith(decoded) else 'DIFFERS from source'
-
-
 def show_examples(pipe: Pipeline, name: str, split: str, count: int) -> list[str]:
   spec, tok = pipe.tasks[name], pipe.tokenizer
-  arrays = pipe.prepared[name].arrays[split]
+  examples = pipe.prepared[name].examples[split]
   samples = pipe.prepared[name].stats[split]['samples']
   lines = []
-  for i in range(min(count, len(samples), len(arrays['input_ids']))):
-    ids = arrays['input_ids'][i][arrays['attention_mask'][i] > 0]
-    sample = samples[i]
-    if spec.head == 'classification':
-      decoded = tok.decode(ids)
-      lines.append(f'    [{i}] label={spec.labels[arrays["targets"][i]]!r} (source '
-                   f'{sample["label"]!r}) {_verdict(decoded, sample["text"])}: {decoded!r}')
-    elif spec.head == 'tagging':
-      weights = arrays['weights'][i] > 0
-      starts = np.flatnonzero(weights)
-      ends = list(starts[1:]) + [int(arrays['attention_mask'][i].sum()) - 1]
-      pairs = [f'{tok.decode(arrays["input_ids"][i][s:e]).strip()}/'
-               f'{spec.labels[arrays["targets"][i][s]]}' for s, e in zip(starts, ends, strict=True)]
-      decoded = tok.decode(ids)
-      lines.append(f'    [{i}] {_verdict(decoded, " ".join(sample["words"]))}: {" ".join(pairs)}')
-    elif spec.head == 'generation':
-      prefix = arrays['prefix_mask'][i] > 0
-      source = tok.decode(arrays['input_ids'][i][prefix])
-      target = tok.decode(arrays['targets'][i][arrays['weights'][i] > 0])
-      lines.append(f'    [{i}] source ({_verdict(source, sample["source"])}): {source[:300]!r}')
-      lines.append(f'        target ({_verdict(target, sample["targets"][0])}): {target!r}'
-                   f' (references: {len(sample["targets"])})')
-    else:
-      decoded = tok.decode(ids, skip_special=False)
-      verdict = _verdict(decoded, sample['text'][:len(decoded)]) if i == 0 else 'window'
-      lines.append(f'    [{i}] {verdict}: {decoded[:300]!r}')
+  for i in range(min(count, len(samples), len(examples))):
+    lines.append(f'    [{i}]')
+    lines += spec.type.describe(spec, tok, examples.example(i), samples[min(i, len(samples) - 1)])
   return lines
 
 
 def report(pipe: Pipeline, show: int) -> str:
   lines = [f'tokenizer: vocab {pipe.tokenizer.vocab_size}, pad={pipe.tokenizer.pad_id} '
            f'bos={pipe.tokenizer.bos_id} eos={pipe.tokenizer.eos_id} sep={pipe.tokenizer.sep_id}']
+  packing = pipe.row_statistics()
   for name, spec in pipe.tasks.items():
-    lines.append(f'task {name} ({spec.head}): batch {spec.batch_size} (rate {spec.rate:.3f}), '
+    p = packing[name]
+    lines.append(f'task {name}: {p["rows"]} training rows of {spec.max_length} tokens, '
+                 f'{p["examples_per_row"]:.2f} examples per row, '
+                 f'{p["nonpad_fraction"]:.1%} of positions hold a token')
+    lines.append(f'task {name} ({spec.type.name}): batch {spec.batch_size} (rate {spec.rate:.3f}), '
                  f'loss weight {spec.loss_weight}, max length {spec.max_length}, '
                  f'metrics {", ".join(spec.metrics)}')
     for split, stats in pipe.prepared[name].stats.items():
@@ -85,9 +69,14 @@ def report(pipe: Pipeline, show: int) -> str:
 
 def main(argv):
   del argv
-  print(report(Pipeline(_CONFIG.value, workdir=_WORKDIR.value), _SHOW.value))
+  pipe = Pipeline(_CONFIG.value, workdir=_WORKDIR.value)
+  print(report(pipe, _SHOW.value))
+  if _JSON.value:
+    with open(_JSON.value, 'w', encoding='utf-8') as f:
+      json.dump(pipe.row_statistics(), f, indent=2)
+    print(f'wrote {_JSON.value}')
 
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main)

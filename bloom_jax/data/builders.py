@@ -20,19 +20,15 @@ import tensorflow_datasets as tfds  # noqa: E402  (after hiding accelerators fro
 
 tfds.disable_progress_bar()
 
+from bloom_jax import task_types  # noqa: E402
 from bloom_jax.data import readers, synthetic  # noqa: E402
 
-HEADS = ('classification', 'tagging', 'generation', 'lm')
 
-
-def features(head: str) -> tfds.features.FeaturesDict:
-  text = tfds.features.Text()
-  return tfds.features.FeaturesDict({
-      'classification': {'text': text, 'label': text},
-      'tagging': {'words': tfds.features.Sequence(text), 'tags': tfds.features.Sequence(text)},
-      'generation': {'source': text, 'targets': tfds.features.Sequence(text)},
-      'lm': {'text': text},
-  }[head])
+def features(fields: dict[str, str]) -> tfds.features.FeaturesDict:
+  """TFDS features for a task type's canonical fields ('text', or 'texts': a list)."""
+  kinds = {'text': tfds.features.Text,
+           'texts': lambda: tfds.features.Sequence(tfds.features.Text())}
+  return tfds.features.FeaturesDict({name: kinds[kind]() for name, kind in fields.items()})
 
 
 class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -45,8 +41,8 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return epath.Path(__file__)
 
 
-SYNTHETIC_HEADS = {'sentiment': 'classification', 'tagging': 'tagging',
-                   'summarize': 'generation', 'lm': 'lm'}
+SYNTHETIC_TYPES = {'sentiment': task_types.CLASSIFICATION, 'tagging': task_types.TAGGING,
+                   'summarize': task_types.GENERATION, 'lm': task_types.LM}
 SYNTHETIC_SIZES = {'train': 20000, 'validation': 500, 'test': 500}
 
 
@@ -55,12 +51,13 @@ class SyntheticMultitask(_Builder):
 
   VERSION = tfds.core.Version('1.1.0')
   RELEASE_NOTES = {'1.1.0': 'One-sentence summaries; 20,000 training examples.'}
-  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n, description=f'{h} task')
-                     for n, h in SYNTHETIC_HEADS.items()]
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n, description=f'{h.name} task')
+                     for n, h in SYNTHETIC_TYPES.items()]
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=features(SYNTHETIC_HEADS[self.builder_config.name]), disable_shuffling=True)
+        features=features(SYNTHETIC_TYPES[self.builder_config.name].fields),
+        disable_shuffling=True)
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -80,7 +77,7 @@ class LocalConfig(tfds.core.BuilderConfig):
   `validation` (classification) or the trailing fraction of the text (lm).
   """
 
-  head: str = 'classification'
+  task_type: object = None  # a `bloom_jax.task_types` type
   reader: str = 'tsv'       # conllu | tsv | csv | label_first | jsonl
   files: tuple = ()         # ((split, path), ...)
   labels: tuple | None = None
@@ -99,7 +96,7 @@ def read_file(config: LocalConfig, path: str) -> tuple[list, readers.Problems]:
                                   **opts)
   if config.reader == 'label_first':
     return readers.read_label_first(path, labels, **opts)
-  if config.reader == 'jsonl' and config.head == 'generation':
+  if config.reader == 'jsonl' and 'source' in config.task_type.fields:
     return readers.read_jsonl_generation(path, **opts)
   if config.reader == 'jsonl':
     return readers.read_jsonl_classification(path, labels, **opts)
@@ -109,9 +106,9 @@ def read_file(config: LocalConfig, path: str) -> tuple[list, readers.Problems]:
   raise ValueError(f'unknown reader {config.reader!r}')
 
 
-def holdout_split(rows: list, fraction: float, seed: int, head: str) -> tuple[list, list]:
+def holdout_split(rows: list, fraction: float, seed: int, whole_text: bool) -> tuple[list, list]:
   """Deterministic (train, validation): a seeded sample of examples, or the text's tail."""
-  if head == 'lm':
+  if whole_text:
     text = rows[0]['text']
     end = int(len(text) * (1 - fraction))
     cut = text.rfind('\n', 0, end) + 1 or end  # whole lines when the text has any
@@ -130,7 +127,7 @@ def read_splits(config: LocalConfig) -> tuple[dict, dict]:
     rows[split], problems[split] = read_file(config, path)
   if config.holdout:
     rows['train'], rows['validation'] = holdout_split(
-        rows['train'], config.holdout, config.holdout_seed, config.head)
+        rows['train'], config.holdout, config.holdout_seed, config.task_type.whole_text)
     problems['validation'] = readers.Problems()
   return rows, {s: p.as_dict() for s, p in problems.items()}
 
@@ -142,7 +139,7 @@ class LocalFiles(_Builder):
 
   def _info(self):
     # Unshuffled, so splits keep file order: eval order is the file's, and holdouts are stable.
-    return self.dataset_info_from_configs(features=features(self.builder_config.head),
+    return self.dataset_info_from_configs(features=features(self.builder_config.task_type.fields),
                                           metadata=tfds.core.MetadataDict(),
                                           disable_shuffling=True)
 

@@ -1,14 +1,18 @@
-"""Prepared per-task arrays, the resumable train iterator and deterministic eval batches.
+"""Prepared per-task examples, packed rows, the resumable train iterator and eval batches.
 
 Preparation runs once per (task, source, preprocessing, tokenizer, lengths): TFDS builds
-the canonical examples, they are cleaned, tokenized into fixed-shape rows and saved as
-`<prepared>/<task>-<key>.npz` (+ a `.json` with statistics and references). Later runs,
-and every process of a multi-host job, load those files and never touch TensorFlow.
+the canonical examples, they are cleaned and encoded by the task's type into
+variable-length examples, saved as `<prepared>/<task>-<key>.npz` (+ a `.json` with
+statistics and references). Later runs, and every process of a multi-host job, load
+those files and never touch TensorFlow. Examples are packed into rows
+(`bloom_jax.data.packing`) when a run starts: training rows once, evaluation rows for the
+examples an evaluation scores.
 
 Training batches are a pure function of (seed, step): task t draws its `b_t` rows of step s
-from positions [s*b_t, (s+1)*b_t) of an endless sequence of epochs, each epoch a
-permutation from `np.random.default_rng([seed, t, epoch])`. So resuming needs only the
-step, and process p of P takes rows [p*b_t/P, (p+1)*b_t/P) of every task's sub-batch.
+from positions [s*b_t, (s+1)*b_t) of an endless sequence of epochs over its packed rows,
+each epoch a permutation from `np.random.default_rng([seed, t, epoch])`. So resuming
+needs only the step, and process p of P takes rows [p*b_t/P, (p+1)*b_t/P) of every task's
+sub-batch.
 
 Processes sharing a cache take turns: the first builds, the others wait and then load.
 """
@@ -25,15 +29,15 @@ from absl import logging
 
 from bloom_jax import tasks as tasks_lib
 from bloom_jax import tokenizer as tokenizer_lib
-from bloom_jax.data import features, text
+from bloom_jax.data import packing
 from bloom_jax.data.readers import DataError, Problems
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Characters of each task's training text the BPE sees: bounds training time on big
 # corpora while keeping every task's vocabulary represented.
 TOKENIZER_CHARS_PER_TASK = 2_000_000
 SAMPLES = 8
-EVAL_ONLY = ('num_words', 'prompt_ids', 'prompt_mask', 'target_bytes')
+EVAL_ONLY = ('num_words', 'target_bytes')  # row fields only evaluation reads
 
 
 def tfds_dir(config) -> str:
@@ -49,68 +53,31 @@ def _hash(obj) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def clean_input(spec, s: str) -> str:
-  """The model-input text of a classification or generation example, as trained on."""
-  s = text.clean(s)
-  return text.remove_stopwords(s) if spec.stopwords else s
-
-
 def clean_rows(spec, rows: list[dict], problems: Problems) -> list[dict]:
-  """Normalises text, applies the task's options and drops rows left empty or unlabelled."""
+  """Normalises text (the task type's way) and drops rows left empty or unlabelled."""
   out = []
   for i, row in enumerate(rows):
     where = f'{spec.name} example {i}'
-    if spec.head == 'tagging':
-      row = {'words': [text.clean(w) for w in row['words']], 'tags': row['tags']}
-      empty = not any(row['words'])
-    elif spec.head == 'lm':
-      row = {'text': text.clean(row['text'], keep_newlines=True)}
-      empty = not row['text']
-    else:
-      key = 'text' if spec.head == 'classification' else 'source'
-      row = dict(row, **{key: clean_input(spec, row[key])})
-      if spec.head == 'generation':
-        row['targets'] = [text.clean(t) for t in row['targets']]
-      empty = not row[key]
-    if empty:
+    cleaned = spec.type.clean(spec, row)
+    if cleaned is None:
       problems.add('empty_text', where)
       continue
-    labels = ([row['label']] if spec.head == 'classification'
-              else row['tags'] if spec.head == 'tagging' else [])
-    unknown = [x for x in labels if x not in spec.labels]
+    unknown = [x for x in spec.type.labels_of(cleaned) if x not in spec.labels]
     if unknown:
       problems.add('unknown_label', f'{where}: {unknown[0]!r}')
       continue
-    out.append(row)
+    out.append(cleaned)
   return out
 
 
 def training_text(spec, rows: list[dict]) -> list[str]:
   out, size = [], 0
   for row in rows:
-    piece = {'classification': lambda r: r['text'], 'tagging': lambda r: ' '.join(r['words']),
-             'generation': lambda r: r['source'] + '\n' + r['targets'][0],
-             'lm': lambda r: r['text']}[spec.head](row)
-    out.append(piece[:TOKENIZER_CHARS_PER_TASK - size])
+    out.append(spec.type.training_text(row)[:TOKENIZER_CHARS_PER_TASK - size])
     size += len(out[-1])
     if size >= TOKENIZER_CHARS_PER_TASK:
       break
   return out
-
-
-def featurize(spec, tok, rows: list[dict], train: bool, token_bytes) -> tuple[dict, dict]:
-  if spec.head == 'classification':
-    index = {label: i for i, label in enumerate(spec.labels)}
-    return features.classification(tok, [r['text'] for r in rows],
-                                    [index[r['label']] for r in rows], spec.max_length)
-  if spec.head == 'tagging':
-    index = {label: i for i, label in enumerate(spec.labels)}
-    return features.tagging(tok, [r['words'] for r in rows],
-                            [[index[t] for t in r['tags']] for r in rows], spec.max_length)
-  if spec.head == 'generation':
-    return features.generation(tok, [r['source'] for r in rows], [r['targets'][0] for r in rows],
-                               spec.max_length, spec.target_length)
-  return features.lm(tok, [r['text'] for r in rows], spec.max_length, not train, token_bytes)
 
 
 def lm_sample(rows: list[dict], chars: int = 2000) -> str:
@@ -123,34 +90,34 @@ def lm_sample(rows: list[dict], chars: int = 2000) -> str:
   return out[:chars]
 
 
-def split_stats(spec, rows: list[dict], arrays: dict, info: dict, problems: Problems) -> dict:
+def split_stats(spec, rows: list[dict], examples: packing.Examples, info: dict,
+                problems: Problems) -> dict:
   lengths = info['length']
   stats = {
-      'examples': len(rows), 'rows': int(len(arrays['input_ids'])),
+      'examples': len(rows), 'encoded': len(examples),
       'length_percentiles': {str(q): int(np.percentile(lengths, q)) if len(lengths) else 0
                              for q in (50, 90, 99, 100)},
       'truncated': int(info['truncated'].sum()),
       'problems': problems.as_dict(),
-      'samples': rows[:SAMPLES] if spec.head != 'lm' else [{'text': lm_sample(rows)}],
+      'samples': rows[:SAMPLES] if not spec.type.whole_text else [{'text': lm_sample(rows)}],
   }
   if spec.labels:
-    flat = [r['label'] for r in rows] if spec.head == 'classification' else [
-        t for r in rows for t in r['tags']]
+    flat = [label for r in rows for label in spec.type.labels_of(r)]
     stats['labels'] = {label: flat.count(label) for label in spec.labels}
   return stats
 
 
 @dataclasses.dataclass
 class Prepared:
-  """One task's arrays and statistics, by split."""
+  """One task's encoded examples and statistics, by split."""
 
-  arrays: dict        # split -> field -> array
+  examples: dict      # split -> packing.Examples
   stats: dict         # split -> statistics
-  references: dict    # split -> [[str]] (generation only)
+  references: dict    # split -> [[str]] (tasks whose rows have several references)
 
   def save(self, path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    flat = {f'{s}.{k}': v for s, fields in self.arrays.items() for k, v in fields.items()}
+    flat = {k: v for s, e in self.examples.items() for k, v in e.to_arrays(f'{s}.').items()}
     tmp = f'{path}.tmp{os.getpid()}'
     with open(tmp + '.npz', 'wb') as f:
       np.savez(f, **flat)
@@ -168,7 +135,8 @@ class Prepared:
         arrays.setdefault(split, {})[field] = z[key]
     with open(path + '.json') as f:
       meta = json.load(f)
-    return cls(arrays, meta['stats'], meta['references'])
+    return cls({s: packing.Examples.from_arrays(a) for s, a in arrays.items()}, meta['stats'],
+               meta['references'])
 
 
 @contextlib.contextmanager
@@ -208,12 +176,14 @@ class Pipeline:
       self.tokenizer = self._load_tokenizer(specs, config.tokenizer, workdir)
       self.token_bytes = self.tokenizer.token_bytes()
       self.prepared = {name: self._prepare(spec) for name, spec in specs.items()}
-    sizes = {t: len(p.arrays['train']['input_ids']) for t, p in self.prepared.items()}
+    sizes = {t: len(p.examples['train']) for t, p in self.prepared.items()}
     rates = tasks_lib.mixture_rates(config.data.rates, {t: s.rate for t, s in specs.items()},
                                     sizes, config.data.get('temperature', 1.0))
     sub = tasks_lib.batch_sizes(config.data.batch_size, rates, multiple)
     self.tasks = {t: dataclasses.replace(s, rate=rates[t], batch_size=sub[t])
                   for t, s in specs.items()}
+    self.packed = bool(config.data.get('pack', True))
+    self._train_rows = {}
     self._report()
 
   def _rows(self, spec) -> tuple[dict, dict]:
@@ -263,26 +233,26 @@ class Pipeline:
 
   def _prepare(self, spec) -> Prepared:
     key = _hash({'v': FORMAT_VERSION, 'source': spec.source.fingerprint(self.data_dir),
-                 'head': spec.head, 'labels': spec.labels, 'max_length': spec.max_length,
+                 'type': spec.type.name, 'labels': spec.labels, 'max_length': spec.max_length,
                  'target_length': spec.target_length, 'stopwords': spec.stopwords,
                  'tokenizer': self.tokenizer.fingerprint()})
     path = os.path.join(self.prepared_dir, f'{spec.name}-{key}')
     if os.path.exists(path + '.npz') and os.path.exists(path + '.json'):
       return Prepared.load(path)
     rows, problems = self._rows(spec)
-    arrays, stats, refs = {}, {}, {}
+    examples, stats, refs = {}, {}, {}
     for split, split_rows in rows.items():
       if not split_rows:
         continue
-      arrays[split], info = featurize(spec, self.tokenizer, split_rows, split == 'train',
-                                      self.token_bytes)
-      stats[split] = split_stats(spec, split_rows, arrays[split], info, problems[split])
-      if spec.head == 'generation':
+      examples[split], info = spec.type.encode(spec, self.tokenizer, split_rows,
+                                               split == 'train', self.token_bytes)
+      stats[split] = split_stats(spec, split_rows, examples[split], info, problems[split])
+      if 'targets' in spec.type.fields:  # every reference, for metrics over several
         refs[split] = [r['targets'] for r in split_rows]
-    if not len(arrays['train']['input_ids']):
+    if not len(examples['train']):
       raise DataError(f'task {spec.name!r}: training text shorter than one window '
                       f'of {spec.max_length + 1} tokens')
-    prepared = Prepared(arrays, stats, refs)
+    prepared = Prepared(examples, stats, refs)
     prepared.save(path)
     return prepared
 
@@ -297,53 +267,49 @@ class Pipeline:
           logging.info('task %s, %s: %d of %d examples truncated to %d tokens', name, split,
                        s['truncated'], s['examples'], self.tasks[name].max_length)
 
+  def rows(self, task: str, examples: packing.Examples) -> dict:
+    """Model rows of a task's examples, packed unless the config says `data.pack=False`."""
+    spec = self.tasks[task]
+    return spec.type.rows(spec, examples, self.tokenizer.pad_id, self.packed)
+
+  def train_rows(self, task: str) -> dict:
+    if task not in self._train_rows:
+      self._train_rows[task] = self.rows(task, self.prepared[task].examples['train'])
+    return self._train_rows[task]
+
+  def row_statistics(self) -> dict[str, dict]:
+    """Per task: rows, examples per row and non-padding fraction of the training rows."""
+    return {t: packing.row_statistics(self.train_rows(t)) for t in self.tasks}
+
   def train_iterator(self, process_index: int = 0, process_count: int = 1) -> 'TrainIterator':
-    arrays = {t: {k: v for k, v in self.prepared[t].arrays['train'].items() if k not in EVAL_ONLY}
+    arrays = {t: {k: v for k, v in self.train_rows(t).items() if k not in EVAL_ONLY}
               for t in self.tasks}
     return TrainIterator(arrays, {t: s.batch_size for t, s in self.tasks.items()}, self.seed,
                          process_index, process_count)
 
-  def split_arrays(self, task: str, split: str) -> dict:
+  def examples(self, task: str, split: str, max_examples: int = 0) -> packing.Examples:
+    """The first `max_examples` (0: all) encoded examples of a split, in file order."""
     if task not in self.tasks:
       raise ValueError(f'unknown task {task!r}; the mixture has {sorted(self.tasks)}')
-    if split not in self.prepared[task].arrays:
+    if split not in self.prepared[task].examples:
       raise DataError(f'task {task!r} has no labelled {split!r} split '
-                      f'(has: {sorted(self.prepared[task].arrays)})')
-    return self.prepared[task].arrays[split]
+                      f'(has: {sorted(self.prepared[task].examples)})')
+    return self.prepared[task].examples[split].head(max_examples)
+
+  def has_split(self, task: str, split: str) -> bool:
+    return split in self.prepared[task].examples
 
   def eval_batches(self, task: str, split: str, batch_size: int, max_examples: int = 0,
                    process_index: int = 0, process_count: int = 1):
-    """Every example of the split once, in file order; the last batch is padded with
-    rows whose `example_mask` and loss weights are 0."""
-    return eval_batches(self.split_arrays(task, split), batch_size, max_examples,
-                        self.tokenizer.pad_id, process_index, process_count)
+    """Rows holding every selected example of the split once; the last batch is padded
+    with rows of weight 0."""
+    rows = self.rows(task, self.examples(task, split, max_examples))
+    return eval_batches(rows, batch_size, self.tokenizer.pad_id, process_index, process_count)
 
-  def references(self, task: str, split: str, max_examples: int = 0) -> list[list[str]]:
-    if self.tasks[task].head != 'generation':
-      raise ValueError(f'task {task!r} is not a generation task')
-    self.split_arrays(task, split)
-    refs = self.prepared[task].references[split]
-    return refs[:max_examples] if max_examples else refs
-
-  def encode_for_inference(self, task: str, texts) -> dict:
-    """Raw texts (tagging: strings split on whitespace, or word lists) -> model inputs."""
-    spec, tok = self.tasks[task], self.tokenizer
-    if spec.head == 'tagging':
-      words = [t.split() if isinstance(t, str) else list(t) for t in texts]
-      words = [[text.clean(w) for w in ws] for ws in words]
-      out, _ = features.tagging(tok, words, None, spec.max_length)
-      return dict(out, words=words)
-    cleaned = [text.clean(t, keep_newlines=True) if spec.head == 'lm' else clean_input(spec, t)
-               for t in texts]
-    if spec.head == 'classification':
-      return features.classification(tok, cleaned, None, spec.max_length)[0]
-    if spec.head == 'generation':
-      return features.generation(tok, cleaned, None, spec.max_length, spec.target_length)[0]
-    ids = [([tok.bos_id] + tok.encode(t))[-spec.max_length:] for t in cleaned]
-    return {'input_ids': features._pad(ids, spec.max_length, tok.pad_id),
-            'attention_mask': features._mask([len(i) for i in ids], spec.max_length),
-            'prompt_ids': features._pad(ids, spec.max_length, tok.pad_id, left=True),
-            'prompt_mask': features._mask([len(i) for i in ids], spec.max_length)[:, ::-1].copy()}
+  def references(self, task: str, split: str, max_examples: int = 0) -> list[list[str]] | None:
+    """Every reference text of each selected example, for tasks that have them."""
+    refs = self.prepared[task].references.get(split)
+    return refs[:max_examples] if refs is not None and max_examples else refs
 
 
 def _tokenizer_specs(specs: dict, train_on: str) -> dict:
@@ -364,21 +330,19 @@ def _shard(n: int, process_index: int, process_count: int) -> tuple[int, int]:
   return process_index * per, (process_index + 1) * per
 
 
-def eval_batches(arrays: dict, batch_size: int, max_examples: int, pad_id: int,
-                 process_index: int = 0, process_count: int = 1):
-  n = len(arrays['input_ids'])
-  n = min(n, max_examples) if max_examples else n
+def eval_batches(rows: dict, batch_size: int, pad_id: int, process_index: int = 0,
+                 process_count: int = 1):
+  n = len(rows['input_ids'])
   lo, hi = _shard(batch_size, process_index, process_count)
   for start in range(0, n, batch_size):
     idx = np.arange(start, start + batch_size)[lo:hi]
     real = idx < n
     idx = np.where(real, idx, 0)
     batch = {}
-    for key, value in arrays.items():
-      fill = pad_id if key in ('input_ids', 'prompt_ids') else 0
+    for key, value in rows.items():
+      fill = pad_id if key == 'input_ids' else 0
       v = value[idx]
       batch[key] = np.where(real.reshape((-1,) + (1,) * (v.ndim - 1)), v, fill).astype(v.dtype)
-    batch['example_mask'] = real.astype(np.float32)
     yield batch
 
 

@@ -82,7 +82,7 @@ class Synthetic:
 class Local:
   """Files under `data.dir`, read by `builders.LocalFiles`; see `builders.LocalConfig`."""
 
-  head: str
+  task_type: object            # a `bloom_jax.task_types` type: the fields examples have
   reader: str
   files: tuple                # ((split, path relative to data.dir), ...)
   options: tuple = ()
@@ -111,8 +111,8 @@ class Local:
         raise DataError(f'{path}: file not found (task {name!r}, data.dir={data_dir!r})')
     from bloom_jax.data import builders
     config = builders.LocalConfig(
-        name=f'{name}_{self.fingerprint(data_dir)[6:]}', head=self.head, reader=self.reader,
-        files=self.paths(data_dir), labels=labels, options=self.options,
+        name=f'{name}_{self.fingerprint(data_dir)[6:]}', task_type=self.task_type,
+        reader=self.reader, files=self.paths(data_dir), labels=labels, options=self.options,
         holdout=self.holdout, holdout_seed=self.holdout_seed)
     builder = builders.LocalFiles(config=config, data_dir=tfds_dir)
     builder.download_and_prepare()

@@ -15,8 +15,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from bloom_jax import checkpointing, cli, config_lib, evaluate, hf, sharding, train
-from bloom_jax import data as data_lib
+from bloom_jax import checkpointing, cli, config_lib, hf, runs, sharding
 
 FLAGS = flags.FLAGS
 
@@ -28,9 +27,8 @@ def import_checkpoint(hf_dir: str, config, workdir: str) -> None:
   config.model.init_from_hf = hf_dir
   config_lib.validate(config)
   mesh = sharding.make_mesh(config.mesh)
-  pipe = data_lib.Pipeline(config, workdir=workdir,
-                           multiple=sharding.data_parallel_size(mesh) * config.optimizer.grad_accum)
-  setup = train.build(config, pipe, mesh)
+  pipe = runs.prepare_data(config, workdir, mesh)
+  setup = runs.build(config, pipe.tasks, pipe.tokenizer.vocab_size, mesh)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints)
   ckpt.save(0, setup.init_train_state(), pipe.train_iterator().get_state(), config.to_json())
   ckpt.wait()
@@ -39,11 +37,11 @@ def import_checkpoint(hf_dir: str, config, workdir: str) -> None:
 
 
 def export_checkpoint(workdir: str, hf_dir: str, step: int | None) -> None:
-  _, pipe, setup, _, params, step = evaluate.load_run(workdir, step)
-  trunk = hf.from_params(setup.model_config, jax.device_get(params['bloom']))
+  run = runs.load_run(workdir, step)
+  trunk = hf.from_params(run.setup.model_config, jax.device_get(run.params['bloom']))
   hf.save(trunk, hf_dir)
-  pipe.tokenizer.save(os.path.join(hf_dir, 'tokenizer.json'))
-  print(f'{workdir} step {step} -> {hf_dir}')
+  run.pipe.tokenizer.save(os.path.join(hf_dir, 'tokenizer.json'))
+  print(f'{workdir} step {run.step} -> {hf_dir}')
 
 
 def main(argv):

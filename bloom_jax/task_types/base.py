@@ -1,0 +1,160 @@
+"""What a task type is: everything about one kind of example, end to end.
+
+A task type owns, for its kind of example:
+  data        which canonical fields an example has, how its text is cleaned, which of
+              its values are labels, and how it becomes tokens (`encode`) and model rows
+              (`rows`: packed, several examples to a row);
+  model       the attention mode its examples use by default, its head (or none: the
+              tied LM head), and how the head turns trunk states into logits, computed
+              only where a loss or a prediction needs them;
+  loss        per-position loss, weights and correctness;
+  evaluation  its metrics over a whole split;
+  prediction  decoding raw texts into answers, and how an answer is printed.
+
+Nothing outside the task types branches on which type a task has: a new type is one
+module here plus its line in `task_types/__init__.py`.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bloom_jax import losses, metrics
+from bloom_jax.data import packing
+from bloom_jax.errors import ConfigError
+
+
+class TaskType:
+  name = ''
+  attention = 'bidirectional'    # the default attention mode of its examples
+  fields: dict[str, str] = {}    # canonical example fields: 'text' or 'texts' (a list)
+  metrics: tuple[str, ...] = ()  # headline metrics, besides `loss`
+  needs_labels = False           # the task declares its label set
+  whole_text = False             # a source file is one document (held out by its tail)
+  generates = False              # predictions are decoded text (takes decoding options)
+  input_field = 'text'           # the canonical field a raw input text fills
+  marks_prefix = False           # rows carry a `prefix_mask` (for 'prefix' attention)
+  takes_stopwords = False        # `stopwords` (drop English stop words) applies to its input
+
+  def __repr__(self) -> str:  # stable across processes: it goes into data fingerprints
+    return f'task_types.{self.name}'
+
+  def check(self, task, key: str) -> None:
+    """Raises ConfigError (naming `key`, the task's config entry) for settings the type
+    cannot honour."""
+    if task.attention == 'prefix' and not self.marks_prefix:
+      raise ConfigError(f"{key}.attention: 'prefix' needs rows that mark a prefix; "
+                        f'{self.name} rows do not')
+    if task.stopwords and not self.takes_stopwords:
+      raise ConfigError(f'{key}.stopwords: not for {self.name} tasks')
+
+  # ------------------------------------------------------------------ data
+
+  def clean(self, task, row: dict) -> dict | None:
+    """The row with its text normalised, or None when nothing is left of it."""
+    raise NotImplementedError
+
+  def labels_of(self, row: dict) -> list:
+    """The label values of a row, checked against the task's labels and counted."""
+    del row
+    return []
+
+  def training_text(self, row: dict) -> str:
+    """The text of a row that the tokenizer learns from."""
+    raise NotImplementedError
+
+  def encode(self, task, tok, rows: list[dict], train: bool, token_bytes) -> tuple:
+    """(Examples, info): every row's tokens; `info` has per-row `length` (tokens before
+    truncation) and `truncated` flags. Rows without targets encode model inputs only."""
+    raise NotImplementedError
+
+  def inference_rows(self, task, tok, texts: list) -> list[dict]:
+    """Raw inputs (strings) -> canonical rows without targets, cleaned as in training."""
+    del tok
+    return [self.clean(task, {self.input_field: t}) or {self.input_field: ''} for t in texts]
+
+  def rows(self, task, examples: packing.Examples, pad_id: int, packed: bool) -> dict:
+    """Model rows of `task.max_length` tokens."""
+    return packing.pack(examples, task.max_length, pad_id, packed)
+
+  def describe(self, task, tok, example: dict, sample: dict) -> list[str]:
+    """Lines showing one encoded example beside its source row (`python -m bloom_jax.data`)."""
+    del task, sample
+    return [f'    {tok.decode(example["input_ids"], skip_special=False)[:300]!r}']
+
+  # ------------------------------------------------------------------ model
+
+  def make_head(self, model_cfg, task, rngs):
+    """The task's own parameters on top of the trunk, or None."""
+    del model_cfg, task, rngs
+    return None
+
+  def logits(self, model, task, hidden: jax.Array, batch: dict, dropout_key) -> jax.Array:
+    raise NotImplementedError
+
+  def losses(self, logits: jax.Array, batch: dict):
+    """(loss, weights, correct) per scored position; `correct` may be None."""
+    nll, correct = losses.token_nll(logits, batch['targets'])
+    return nll, batch['weights'].astype(jnp.float32), correct
+
+  def predictions(self, logits: jax.Array) -> jax.Array:
+    return jnp.argmax(logits, axis=-1)
+
+  # ------------------------------------------------------------------ evaluation
+
+  def accumulator(self, task) -> 'Accumulator':
+    return Accumulator()
+
+  def evaluate(self, evaluator, task, examples: packing.Examples, references) -> dict:
+    """Metrics of one split (its first examples, as the evaluator selected them)."""
+    del references
+    sums = self.accumulator(task)
+    for batch, result in evaluator.scored_batches(task, examples):
+      sums.add(batch, result)
+    return sums.result()
+
+  # ------------------------------------------------------------------ prediction
+
+  def predict(self, predictor, task, texts: list, **options) -> list[dict]:
+    raise NotImplementedError
+
+  def format_prediction(self, task, prediction: dict) -> str:
+    raise NotImplementedError
+
+
+class Accumulator:
+  """Loss sums over an evaluation split; subclasses add their type's metrics."""
+
+  def __init__(self):
+    self.loss = self.count = 0.0
+
+  def add(self, batch: dict, result: dict) -> None:
+    del batch
+    self.loss += float(np.sum(result['loss_sum']))
+    self.count += float(np.sum(result['count']))
+
+  def result(self) -> dict[str, float]:
+    return {'loss': metrics.ratio(self.loss, self.count)}
+
+
+class PerplexityMetrics(Accumulator):
+  """The loss and its perplexity (the loss is mean nats per scored token)."""
+
+  def result(self):
+    return {**super().result(), 'perplexity': metrics.perplexity(self.loss, self.count)}
+
+
+def verdict(decoded: str, source: str) -> str:
+  """How an example's decoded tokens compare with its source text."""
+  if decoded == source:
+    return 'matches source'
+  return 'source prefix (truncated)' if source.startswith(decoded) else 'DIFFERS from source'
+
+
+def label_index(task) -> dict[str, int]:
+  return {label: i for i, label in enumerate(task.labels)}
+
+
+def scored(batch: dict, values: np.ndarray) -> np.ndarray:
+  """The values at the positions a batch scores (weight > 0), in row-major order."""
+  return np.asarray(values)[np.asarray(batch['weights']) > 0]
