@@ -70,6 +70,35 @@ def macro_f1(pred, target, num_classes: int, weights=None) -> float:
 
 
 # --------------------------------------------------------------------------------------
+# Regression
+# --------------------------------------------------------------------------------------
+
+
+def pearson(pred, target) -> float:
+  """sum (p - mean p)(t - mean t) / sqrt(sum (p - mean p)^2 sum (t - mean t)^2);
+  nan with fewer than two values or when either side is constant (scipy.stats.pearsonr)."""
+  pred, target, _ = _flat(pred, target)
+  if len(pred) < 2:
+    return math.nan
+  p, t = pred - pred.mean(), target - target.mean()
+  return ratio(float(np.sum(p * t)), math.sqrt(float(np.sum(p * p) * np.sum(t * t))))
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+  """1-based ranks, ties given the mean of the ranks they span."""
+  ranks = np.empty(len(x), np.float64)
+  ranks[np.argsort(x, kind='stable')] = np.arange(1, len(x) + 1)
+  _, inverse = np.unique(x, return_inverse=True)
+  return (np.bincount(inverse, ranks) / np.bincount(inverse))[inverse]
+
+
+def spearman(pred, target) -> float:
+  """Pearson's correlation of the ranks, ties averaged (scipy.stats.spearmanr)."""
+  pred, target, _ = _flat(pred, target)
+  return pearson(_ranks(pred), _ranks(target))
+
+
+# --------------------------------------------------------------------------------------
 # Tagging
 # --------------------------------------------------------------------------------------
 

@@ -70,15 +70,19 @@ class Predictor:
     examples, _ = task.type.encode(task, self.tokenizer, rows, False, None)
     return _pad_rows(task.type.rows(task, examples, self.tokenizer.pad_id, False), self.multiple)
 
-  def probabilities(self, task, batch: dict) -> np.ndarray:
-    """Softmax of the task's logits for every row of `batch`."""
+  def outputs(self, task, batch: dict) -> np.ndarray:
+    """The task's logits (or scores) at every position of every row of `batch`."""
     if task.name not in self._logits:
       self._logits[task.name] = jax.jit(functools.partial(
           _task_logits, graphdef=self.run.setup.graphdef,
           abstract_state=self.run.setup.abstract_state, task=task))
     inputs = {k: v for k, v in batch.items() if k not in ('num_words', 'target_bytes')}
     logits = self._logits[task.name](self.run.params, sharding.global_batch(inputs, self.run.mesh))
-    return np.asarray(jax.device_get(jax.nn.softmax(logits, axis=-1)))
+    return np.asarray(jax.device_get(logits))
+
+  def probabilities(self, task, batch: dict) -> np.ndarray:
+    """Softmax of the task's logits."""
+    return np.asarray(jax.nn.softmax(self.outputs(task, batch), axis=-1))
 
   def generate(self, task, prompts: list[list[int]], width: int, **options) -> list[str]:
     """Continuations of token prompts (left-padded to `width`), decoded to text."""

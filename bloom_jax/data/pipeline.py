@@ -59,8 +59,8 @@ def clean_rows(spec, rows: list[dict], problems: Problems) -> list[dict]:
   for i, row in enumerate(rows):
     where = f'{spec.name} example {i}'
     cleaned = spec.type.clean(spec, row)
-    if cleaned is None:
-      problems.add('empty_text', where)
+    if not isinstance(cleaned, dict):  # None (nothing left) or the kind of problem found
+      problems.add(cleaned or 'empty_text', f'{where}: {row}'[:200] if cleaned else where)
       continue
     unknown = [x for x in spec.type.labels_of(cleaned) if x not in spec.labels]
     if unknown:

@@ -8,9 +8,11 @@ from bloom_jax.task_types.base import TaskType
 from bloom_jax.task_types.classification import CLASSIFICATION
 from bloom_jax.task_types.generation import GENERATION
 from bloom_jax.task_types.lm import LM
+from bloom_jax.task_types.regression import REGRESSION
 from bloom_jax.task_types.tagging import TAGGING
 
-TYPES: dict[str, TaskType] = {t.name: t for t in (CLASSIFICATION, TAGGING, GENERATION, LM)}
+TYPES: dict[str, TaskType] = {
+    t.name: t for t in (CLASSIFICATION, TAGGING, GENERATION, LM, REGRESSION)}
 
 
 def get(name: str, key: str = 'type') -> TaskType:

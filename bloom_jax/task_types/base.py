@@ -45,13 +45,16 @@ class TaskType:
     if task.attention == 'prefix' and not self.marks_prefix:
       raise ConfigError(f"{key}.attention: 'prefix' needs rows that mark a prefix; "
                         f'{self.name} rows do not')
+    if self.needs_labels and not task.labels:
+      raise ConfigError(f'{key}: {self.name} tasks need their labels declared')
     if task.stopwords and not self.takes_stopwords:
       raise ConfigError(f'{key}.stopwords: not for {self.name} tasks')
 
   # ------------------------------------------------------------------ data
 
-  def clean(self, task, row: dict) -> dict | None:
-    """The row with its text normalised, or None when nothing is left of it."""
+  def clean(self, task, row: dict) -> dict | str | None:
+    """The row with its text normalised; None when nothing is left of it, or the kind of
+    problem that makes it unusable (counted, e.g. 'unknown_label')."""
     raise NotImplementedError
 
   def labels_of(self, row: dict) -> list:

@@ -47,14 +47,19 @@ class Classification(base.TaskType):
     last = np.cumsum(lengths) - 1
     weights = np.zeros(len(ids), np.float32)
     weights[last] = 1.0
-    targets = np.zeros(len(ids), np.int32)
-    if rows and 'label' in rows[0]:
-      index = base.label_index(task)
-      targets[last] = [index[r['label']] for r in rows]
+    values = self.target_values(task, rows) if rows and 'label' in rows[0] else None
+    targets = np.zeros(len(ids), np.int32 if values is None else values.dtype)
+    if values is not None:
+      targets[last] = values
     full = np.array([len(b) + 2 for b in body], np.int32)
     examples = packing.Examples({'input_ids': ids, 'targets': targets, 'weights': weights},
                                 lengths)
     return examples, {'length': full, 'truncated': full > task.max_length}
+
+  def target_values(self, task, rows) -> np.ndarray:
+    """Each labelled row's target, read at its last token."""
+    index = base.label_index(task)
+    return np.array([index[r['label']] for r in rows], np.int32)
 
   def describe(self, task, tok, example, sample):
     at = np.flatnonzero(example['weights'])[0]
