@@ -161,14 +161,38 @@ class LayerNorm(nnx.Module):
 
 
 def flat_tokens(x: jax.Array, feature_axes: int = 1) -> jax.Array:
-  """[*tokens, *features] -> [prod(tokens), prod(features)], `feature_axes` trailing.
-
-  The projections multiply tokens laid out on one axis, so the kernels' gradients
-  contract that one axis where it lies; contracted over (batch, seq), XLA:CPU first
-  writes the activations out transposed (about 5% of a train step).
-  """
+  """[*tokens, *features] -> [prod(tokens), prod(features)], `feature_axes` trailing."""
   features = x.shape[x.ndim - feature_axes:]
   return x.reshape(-1, math.prod(features))
+
+
+def project(x: jax.Array, kernel: jax.Array, in_axes: int = 1) -> jax.Array:
+  """x's last `in_axes` axes contracted with the kernel's first `in_axes`: the einsum
+  '...i,io->...o' for axes of any number, computed as one 2-D matrix product.
+
+  The layout is the measured choice on XLA:CPU, not part of the equations. With tokens on
+  one axis the kernel gradient contracts that axis where it lies; contracted over
+  (batch, seq), XLA first wrote the activations out transposed (about 5% of a train
+  step). With the kernel's several output axes (QKV: heads, 3, head_dim) flattened into
+  one, XLA stopped copying the kernel out transposed for the input gradient and the
+  kernel gradient (about 3%); with its several input axes (the output projection's
+  heads and head_dim) flattened, it stopped re-laying the kernel out per call (per token
+  when decoding).
+  """
+  out_shape = kernel.shape[in_axes:]
+  y = flat_tokens(x, in_axes) @ kernel.reshape(math.prod(kernel.shape[:in_axes]), -1)
+  return y.reshape(*x.shape[:x.ndim - in_axes], *out_shape)
+
+
+def after(x: jax.Array, dependency: jax.Array) -> jax.Array:
+  """x, made to depend on `dependency` (adds a zero computed from it).
+
+  XLA updates a buffer in place only when it can prove the write comes after every read
+  of the old value; it does not fold x * 0 for floats, so this zero orders the write.
+  Without it, decoding copied each layer's KV cache at every token: more bytes than a
+  small model's weights.
+  """
+  return x + dependency.ravel()[:1].astype(x.dtype).reshape((1,) * x.ndim) * 0
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
@@ -211,12 +235,7 @@ class Attention(nnx.Module):
     are written at `cache_index` and attention runs over the whole cache.
     """
     dt = self.dtype
-    # Multiplied as one [H, n*3*d] matrix, like the MLP's: with three output axes, XLA:CPU
-    # copied the kernel out transposed for the input gradient, and the kernel gradient
-    # too (about 3% of a train step).
-    kernel = self.qkv_kernel[...].astype(dt)
-    qkv = flat_tokens(x) @ kernel.reshape(kernel.shape[0], -1)
-    qkv = qkv.reshape(*x.shape[:-1], *kernel.shape[1:]) + self.qkv_bias[...].astype(dt)
+    qkv = project(x, self.qkv_kernel[...].astype(dt)) + self.qkv_bias[...].astype(dt)
     q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
     if kv is not None:
       context, kv = self._cached_attention(q, k, v, kv, cache_index, alibi, allowed, dropout_key)
@@ -228,11 +247,8 @@ class Attention(nnx.Module):
                                              implementation='cudnn')
     else:
       context = self._einsum_attention(q, [(k, 'bknd', v, 'bknd')], alibi, allowed, dropout_key)
-    # One [n*d, H] matrix: contracting (n, d) as two axes, XLA may re-lay the kernel out
-    # per call (per token when decoding) rather than the small context.
-    kernel = self.out_kernel[...].astype(dt)
-    out = flat_tokens(context, 2) @ kernel.reshape(-1, kernel.shape[-1])
-    return out.reshape(*context.shape[:2], -1) + self.out_bias[...].astype(dt), kv
+    out = project(context, self.out_kernel[...].astype(dt), in_axes=2)
+    return out + self.out_bias[...].astype(dt), kv
 
   def _cached_attention(self, q, k, v, kv, cache_index, alibi, allowed, dropout_key):
     """Attention of Q new tokens over the cache's T slots, the new ones at `cache_index`.
@@ -242,7 +258,7 @@ class Attention(nnx.Module):
     updated in place once per call, which XLA only does (rather than copy it, at every
     token, more bytes than a small model's weights) when nothing reads the updated cache
     and the write provably comes after the reads: so the products read the cache as it
-    was plus the new keys and values as a block of their own, and the write depends on
+    was plus the new keys and values as a block of their own, and the write comes `after`
     their result.
     """
     new_k, new_v = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
@@ -256,10 +272,7 @@ class Attention(nnx.Module):
     blocks = [(kv['k'].astype(dt), 'bndk', kv['v'].astype(dt), 'bnkd'),
               (new_k, 'bndk', new_v, 'bnkd')]
     context = self._einsum_attention(q, blocks, alibi, allowed, dropout_key)
-    # A zero computed from the context (x * 0 is not folded for floats): the data
-    # dependency that orders the in-place write after the reads.
-    after_reads = context[:1, :1, :1, :1].astype(new_k.dtype) * 0
-    new_k, new_v = new_k + after_reads, new_v + after_reads
+    new_k, new_v = after(new_k, context), after(new_v, context)
     updated = {
         'k': jax.lax.dynamic_update_slice_in_dim(
             kv['k'], new_k.astype(kv['k'].dtype), cache_index, 3),
@@ -306,10 +319,9 @@ class MLP(nnx.Module):
 
   def __call__(self, x):
     dt = self.dtype
-    y = flat_tokens(x) @ self.up_kernel[...].astype(dt) + self.up_bias[...].astype(dt)
+    y = project(x, self.up_kernel[...].astype(dt)) + self.up_bias[...].astype(dt)
     y = jax.nn.gelu(y, approximate=True)
-    y = y @ self.down_kernel[...].astype(dt) + self.down_bias[...].astype(dt)
-    return y.reshape(x.shape)
+    return project(y, self.down_kernel[...].astype(dt)) + self.down_bias[...].astype(dt)
 
 
 class Block(nnx.Module):
