@@ -10,7 +10,7 @@ Well under a minute a trial on 2 CPU cores, no download. Two tasks keep it short
 
 import ml_collections
 
-from bloom_jax import sweep
+from bloom_jax.sweeps import definitions
 from configs import default
 
 
@@ -37,11 +37,11 @@ def get_config(arg=None):
 
 def get_sweep(arg=None):
   del arg
-  return sweep.grid({'optimizer.learning_rate': [1e-3, 3e-3], 'data.batch_size': [16, 32]})
+  return definitions.grid({'optimizer.learning_rate': [1e-3, 3e-3], 'data.batch_size': [16, 32]})
 
 
 def get_search_space(arg=None):
   """For --search optuna."""
   del arg
-  return {'optimizer.learning_rate': sweep.LogUniform(3e-4, 1e-2),
-          'data.batch_size': sweep.Choice((16, 32))}
+  return {'optimizer.learning_rate': definitions.LogUniform(3e-4, 1e-2),
+          'data.batch_size': definitions.Choice((16, 32))}

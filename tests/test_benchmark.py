@@ -1,34 +1,28 @@
 """scripts/benchmark.py's products-alone timing covers exactly the model's weight matrices,
 so the bounds it reports are about the products our step and decoding really run."""
 
-import importlib.util
 import math
-import pathlib
 
 from flax import nnx
 
 from bloom_jax import config_lib
 from bloom_jax.model import Bloom
+from scripts.bench import comparison, probes
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / 'scripts' / 'benchmark.py'
-_SPEC = importlib.util.spec_from_file_location('benchmark', _PATH)
-benchmark = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(benchmark)
-
-SHAPE = dict(benchmark.QUICK, hidden=32, heads=4, layers=3, vocab=96, batch=2, seq=8)
+SHAPE = dict(comparison.QUICK, hidden=32, heads=4, layers=3, vocab=96, batch=2, seq=8)
 
 
 def _weight_matrix_elements() -> int:
   """Elements of the model's kernels and its (tied) embedding table: every weight that a
   product multiplies, whatever the layer count."""
-  cfg = config_lib.model_config(benchmark.bench_config(SHAPE), vocab_size=SHAPE['vocab'])
+  cfg = config_lib.model_config(probes.bench_config(SHAPE), vocab_size=SHAPE['vocab'])
   params = nnx.to_flat_state(nnx.state(Bloom(cfg, rngs=nnx.Rngs(0)), nnx.Param))
   return sum(math.prod(v.get_value().shape) for path, v in params
              if path[-1].endswith('kernel') or path == ('word_embeddings',))
 
 
 def test_step_products_are_the_forward_and_both_gradients_of_every_weight_matrix():
-  result = benchmark.step_products(SHAPE, 'float32', reps=1)
+  result = probes.step_products(SHAPE, 'float32', reps=1)
   tokens = SHAPE['batch'] * SHAPE['seq']
   # Four matrices per layer and the LM head, each multiplied three times.
   assert sum(p['count'] for p in result['products'].values()) == 3 * (4 * SHAPE['layers'] + 1)
@@ -37,6 +31,6 @@ def test_step_products_are_the_forward_and_both_gradients_of_every_weight_matrix
 
 
 def test_token_products_read_every_weight_matrix_once():
-  result = benchmark.token_products(SHAPE, 'float32', reps=1)
+  result = probes.token_products(SHAPE, 'float32', reps=1)
   assert result['weight_bytes'] == 4 * _weight_matrix_elements()
   assert result['xla_s'] > 0 and result['torch_s'] > 0

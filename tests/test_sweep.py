@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from bloom_jax import config_lib, sweep
+from bloom_jax import config_lib
+from bloom_jax.sweeps import definitions, reports, search
 from configs import sweep_default
 from tests.tiny import child_env
 
@@ -23,59 +24,61 @@ PPL = 'eval/lm/perplexity'
 
 
 def test_grid_is_every_combination_last_key_fastest():
-  assert sweep.grid({'a': [1, 2], 'b': ['x', 'y']}) == [
+  assert definitions.grid({'a': [1, 2], 'b': ['x', 'y']}) == [
       {'a': 1, 'b': 'x'}, {'a': 1, 'b': 'y'}, {'a': 2, 'b': 'x'}, {'a': 2, 'b': 'y'}]
 
 
 def test_zipped_pairs_values_and_needs_equal_lengths():
-  assert sweep.zipped({'a': [1, 2], 'b': [3, 4]}) == [{'a': 1, 'b': 3}, {'a': 2, 'b': 4}]
+  assert definitions.zipped({'a': [1, 2], 'b': [3, 4]}) == [{'a': 1, 'b': 3}, {'a': 2, 'b': 4}]
   with pytest.raises(config_lib.ConfigError, match='differ in length'):
-    sweep.zipped({'a': [1, 2], 'b': [3]})
+    definitions.zipped({'a': [1, 2], 'b': [3]})
 
 
 def test_product_merges_one_trial_of_each_sweep():
-  pairs = sweep.zipped({LR: [1e-3, 1e-2], 'optimizer.warmup_steps': [10, 0]})
-  trials = sweep.product(pairs, sweep.grid({BATCH: [16, 32]}))
+  pairs = definitions.zipped({LR: [1e-3, 1e-2], 'optimizer.warmup_steps': [10, 0]})
+  trials = definitions.product(pairs, definitions.grid({BATCH: [16, 32]}))
   assert len(trials) == 4
   assert trials[1] == {LR: 1e-3, 'optimizer.warmup_steps': 10, BATCH: 32}
   with pytest.raises(config_lib.ConfigError, match='set by two sweeps'):
-    sweep.product(pairs, [{LR: 1.0}])
+    definitions.product(pairs, [{LR: 1.0}])
 
 
 def test_sample_is_seeded_rounded_and_log_uniform():
-  space = {LR: sweep.LogUniform(1e-4, 1e-2), BATCH: sweep.Choice((16, 32))}
-  trials = sweep.sample(space, 200, seed=1)
-  assert trials == sweep.sample(space, 200, seed=1)
-  assert trials != sweep.sample(space, 200, seed=2)
+  space = {LR: definitions.LogUniform(1e-4, 1e-2), BATCH: definitions.Choice((16, 32))}
+  trials = definitions.sample(space, 200, seed=1)
+  assert trials == definitions.sample(space, 200, seed=1)
+  assert trials != definitions.sample(space, 200, seed=2)
   rates = [t[LR] for t in trials]
   assert all(1e-4 <= r <= 1e-2 and float(f'{r:.3g}') == r for r in rates)
   # Log-uniform puts half the draws below the geometric mean 1e-3 (uniform: under 10%).
   assert 0.4 < sum(r < 1e-3 for r in rates) / len(rates) < 0.6
   assert {t[BATCH] for t in trials} == {16, 32}
   with pytest.raises(config_lib.ConfigError, match='LogUniform'):
-    sweep.LogUniform(0.0, 1.0)
+    definitions.LogUniform(0.0, 1.0)
 
 
 # -------------------------------------------------------------------------- names, config
 
 
 def test_labels_are_the_shortest_unambiguous_suffix():
-  assert sweep.labels([LR, BATCH, 'tasks.lm.rate', 'tasks.sentiment.rate', 'a.b', 'c.a.b']) == {
+  keys = [LR, BATCH, 'tasks.lm.rate', 'tasks.sentiment.rate', 'a.b', 'c.a.b']
+  assert definitions.labels(keys) == {
       LR: 'learning_rate', BATCH: 'batch_size', 'tasks.lm.rate': 'lm.rate',
       'tasks.sentiment.rate': 'sentiment.rate', 'a.b': 'a.b', 'c.a.b': 'c.a.b'}
 
 
 def test_trial_names_are_readable_safe_and_unique():
-  names = [t.name for t in sweep.name_trials(sweep_default.get_sweep())]
+  names = [t.name for t in definitions.name_trials(sweep_default.get_sweep())]
   assert names[1] == 'learning_rate=0.001,batch_size=32'
-  paths = sweep.name_trials([{'tokenizer.path': '/a b/t.json'}, {'tokenizer.path': '_a_b_t.json'},
-                             {'tokenizer.path': 'x' * 500}, {}])
+  paths = definitions.name_trials([{'tokenizer.path': '/a b/t.json'},
+                                   {'tokenizer.path': '_a_b_t.json'},
+                                   {'tokenizer.path': 'x' * 500}, {}])
   assert paths[0].name != paths[1].name
   assert all(p.name.startswith('path=_a_b_t.json-') for p in paths[:2])
-  assert len(paths[2].name) == sweep.MAX_NAME and paths[3].name == 'base'
+  assert len(paths[2].name) == definitions.MAX_NAME and paths[3].name == 'base'
   assert all('/' not in p.name and ' ' not in p.name for p in paths)
   with pytest.raises(config_lib.ConfigError, match='trials 0 and 1 are the same'):
-    sweep.name_trials([{LR: 0.1}, {LR: 0.1}])
+    definitions.name_trials([{LR: 0.1}, {LR: 0.1}])
 
 
 @pytest.mark.parametrize('overrides, message', [
@@ -86,12 +89,12 @@ def test_trial_names_are_readable_safe_and_unique():
 ])
 def test_resolve_names_the_bad_key(overrides, message):
   with pytest.raises(config_lib.ConfigError, match=message):
-    sweep.resolve(sweep_default.get_config(), overrides)
+    definitions.resolve(sweep_default.get_config(), overrides)
 
 
 def test_resolve_leaves_the_base_config_alone():
   base = sweep_default.get_config()
-  assert sweep.resolve(base, {BATCH: 16, 'total_steps': 7}).total_steps == 7
+  assert definitions.resolve(base, {BATCH: 16, 'total_steps': 7}).total_steps == 7
   assert base.data.batch_size == 32 and base.total_steps == 40
 
 
@@ -117,7 +120,7 @@ def _eval(step, ppl, acc):
 @pytest.fixture
 def trial_dirs(tmp_path):
   """Five trials, one in each state, written as a trainer and the sweep would."""
-  trials = sweep.name_trials(sweep_default.get_sweep() + [{LR: 0.01, BATCH: 64}])
+  trials = definitions.name_trials(sweep_default.get_sweep() + [{LR: 0.01, BATCH: 64}])
   _write_trial(tmp_path, trials[0], [_train(10, 1.0), _train(20, 5.0), _eval(20, 60.0, 0.5),
                                      _train(30, 6.0), _train(40, 7.0), _eval(40, 70.0, 0.6)])
   _write_trial(tmp_path, trials[1], [_train(20, 3.0), _eval(20, 65.0, 0.7), _train(40, 3.0),
@@ -126,7 +129,7 @@ def trial_dirs(tmp_path):
                {'returncode': 1, 'error': 'exit code 1: FloatingPointError: non-finite loss'})
   # Killed mid-write: the cut line is skipped, the trial resumes.
   _write_trial(tmp_path, trials[3], [_train(10, 2.0), _eval(20, 90.0, 0.5)], tail='{"step": 3')
-  return tmp_path, [sweep.summarize(t, str(tmp_path / t.name), 40) for t in trials]
+  return tmp_path, [reports.summarize(t, str(tmp_path / t.name), 40) for t in trials]
 
 
 def test_trial_state_comes_from_its_directory(trial_dirs):
@@ -137,13 +140,13 @@ def test_trial_state_comes_from_its_directory(trial_dirs):
   assert first.best['eval/sentiment/accuracy'] == 0.6 and first.steps_per_s == 5.5
   assert results[3].step == 20 and results[2].error.endswith('non-finite loss')
   # Ranked by each trial's best evaluation: 60 beats 64, though 70 > 64 at the end.
-  assert [r.trial.name for r in sweep.ranked(results, PPL, 'min')] == [
+  assert [r.trial.name for r in reports.ranked(results, PPL, 'min')] == [
       results[0].trial.name, results[1].trial.name]
 
 
 def test_report_has_a_row_per_trial_and_names_the_best(trial_dirs):
   root, results = trial_dirs
-  sweep.write_report(str(root), results, PPL, 'min')
+  reports.write_report(str(root), results, PPL, 'min')
   with open(root / 'results.csv') as f:
     rows = list(csv.DictReader(f))
   assert [r['trial'] for r in rows] == [r.trial.name for r in results]
@@ -159,24 +162,24 @@ def test_report_has_a_row_per_trial_and_names_the_best(trial_dirs):
 def test_plot_shows_the_metric_against_each_swept_key(trial_dirs):
   pytest.importorskip('matplotlib')
   root, results = trial_dirs
-  assert sweep.write_plot(str(root / 'plot.png'), results, PPL, 'min')
+  assert reports.write_plot(str(root / 'plot.png'), results, PPL, 'min')
   assert (root / 'plot.png').read_bytes()[:4] == b'\x89PNG'
-  assert not sweep.write_plot(str(root / 'none.png'), results[2:], PPL, 'min')
+  assert not reports.write_plot(str(root / 'none.png'), results[2:], PPL, 'min')
 
 
 def test_optuna_study_resumes_its_unfinished_trials(tmp_path):
   pytest.importorskip('optuna')
   space = sweep_default.get_search_space()
-  label = sweep.labels(space)
-  trials = sweep.ask(sweep.open_study(str(tmp_path), 'min', 'random', seed=0), space, label, 3)
+  label = definitions.labels(space)
+  trials = search.ask(search.open_study(str(tmp_path), 'min', 'random', seed=0), space, label, 3)
   first, second = next(trials), next(trials)
-  done = sweep.Result(first, 'done', 40, 40, None, {PPL: 80.0}, {PPL: 70.0}, '')
-  study = sweep.open_study(str(tmp_path), 'min', 'random', seed=0)
-  sweep.tell(study, done, PPL)
+  done = reports.Result(first, 'done', 40, 40, None, {PPL: 80.0}, {PPL: 70.0}, '')
+  study = search.open_study(str(tmp_path), 'min', 'random', seed=0)
+  search.tell(study, done, PPL)
 
   # A new sweep process: the trial left running comes first, under the same directory.
-  study = sweep.open_study(str(tmp_path), 'min', 'random', seed=0)
-  resumed = list(sweep.ask(study, space, label, 3))
+  study = search.open_study(str(tmp_path), 'min', 'random', seed=0)
+  resumed = list(search.ask(study, space, label, 3))
   assert resumed[0] == second and [t.number for t in resumed] == [1, 2]
   assert resumed[1].overrides[LR] != first.overrides[LR]   # reseeded, not replayed
   assert resumed[1].name.startswith('002,learning_rate=')
@@ -201,7 +204,7 @@ def test_dry_run_prints_each_trials_train_command(tmp_path):
   run = _sweep(tmp_path / 'sweep', 'configs/sweep_default.py', '--dry_run')
   assert run.returncode == 0, run.stderr[-2000:]
   lines = run.stdout.splitlines()
-  trials = sweep.name_trials(sweep_default.get_sweep())
+  trials = definitions.name_trials(sweep_default.get_sweep())
   assert len(lines) == len(trials)
   for line, trial in zip(lines, trials, strict=True):
     cd, command = line.split(' && ')
