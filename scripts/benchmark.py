@@ -2,6 +2,7 @@ r"""Throughput, compile time and memory of bloom_jax against this machine and tr
 
     python scripts/benchmark.py --json /tmp/bench.json   # full run (~3 min on 2 cores)
     python scripts/benchmark.py --quick                  # tiny shapes, a smoke test (~1.5 min)
+    python scripts/benchmark.py --mixture --json F       # the real-data mixture, packed or not
 
 One run measures, on one machine:
   1. ceilings: dense matmul FLOP/s (a large jnp.dot in the compute dtype) and streaming
@@ -30,6 +31,10 @@ each timed train step and each decoding run is paired with a ceiling reading tak
 before it: MFU and the fraction of the bandwidth floor are medians of those pairs, and
 the decode ratio against transformers a median of runs taken back to back. The fractions
 against the run's best reading are reported next to them.
+
+`--mixture` instead times configs/real_multitask.py's train step on real batches (data.dir
+or $BLOOM_JAX_DATA) with packed rows and with one example per row, in turns: examples
+per second of every task and non-padding tokens per second (scripts/bench/mixture.py).
 """
 
 import argparse
@@ -47,12 +52,17 @@ from bloom_jax import host_memory  # noqa: E402, I001
 if __name__ == '__main__':
   host_memory.restart_with_huge_pages()
 
-from scripts.bench import accelerator, comparison  # noqa: E402
+from scripts.bench import accelerator, comparison, mixture  # noqa: E402
 
 
 def write_json(path: str, results: dict) -> None:
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(results, f, indent=2, default=float)
+
+
+def print_table(rows: list[tuple[str, str]]) -> None:
+  width = max(len(k) for k, _ in rows)
+  print('\n'.join(f'{k:<{width}}  {v}' for k, v in rows))
 
 
 def main(argv=None) -> dict:
@@ -61,6 +71,8 @@ def main(argv=None) -> dict:
   parser.add_argument('--quick', action='store_true', help='tiny shapes: a smoke test')
   parser.add_argument('--steps', type=int, default=0,
                       help='timed train steps per framework (default 10, quick 3)')
+  parser.add_argument('--mixture', action='store_true',
+                      help='instead of the comparison: the real-data mixture, packed or not')
   parser.add_argument('--config', default='',
                       help='instead of the comparison: time this config\'s own model '
                            '(configs/NAME.py[:arg]) for each of --variants, one LM task')
@@ -79,14 +91,17 @@ def main(argv=None) -> dict:
       parser.error(f'--variants: expected REMAT:ATTENTION_KERNEL pairs, got {args.variants!r}')
     return accelerator.bench_model_config(args.config, variants, args.batch, args.seq,
                                           args.steps or 10, log, save)
+  if args.mixture:
+    results = mixture.bench_mixture(args.steps or 30, log)
+    print_table(mixture.table(results))
+    save(results)
+    return results
   shape = dict(comparison.QUICK if args.quick else comparison.FULL)
   if args.steps:
     shape['steps'] = args.steps
   results = comparison.summarize(shape, comparison.measure(shape, args.quick, log))
   log('done')
-  rows = comparison.table(shape, results)
-  width = max(len(k) for k, _ in rows)
-  print('\n'.join(f'{k:<{width}}  {v}' for k, v in rows))
+  print_table(comparison.table(shape, results))
   print('\ntargets:')
   for name, ok in results['targets'].items():
     print(f"  [{'met' if ok else 'MISSED'}] {name}")

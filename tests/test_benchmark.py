@@ -34,3 +34,16 @@ def test_token_products_read_every_weight_matrix_once():
   result = probes.token_products(SHAPE, 'float32', reps=1)
   assert result['weight_bytes'] == 4 * _weight_matrix_elements()
   assert result['xla_s'] > 0 and result['torch_s'] > 0
+
+
+def test_mixture_layouts_train_the_same_tokens_per_step():
+  """The packed and unpacked real-data mixtures differ only in how examples fill rows."""
+  from scripts.bench import mixture
+
+  layouts = mixture.layouts()
+  tokens = {}
+  for name, config in layouts.items():
+    rates = {t: c.rate * config.data.batch_size for t, c in config.tasks.items()}
+    tokens[name] = sum(round(rates[t]) * c.max_length for t, c in config.tasks.items())
+  assert tokens['packed'] == tokens['unpacked'] == 4352
+  assert layouts['packed'].data.pack and not layouts['unpacked'].data.pack

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tiny import tiny_config
 
 from bloom_jax import runs, sharding, steps, tasks, tokenizer
 from bloom_jax.data import packing, pipeline
@@ -21,7 +22,6 @@ from bloom_jax.evaluation import Evaluator
 from bloom_jax.model import Bloom, BloomConfig
 from bloom_jax.multitask_model import MultiTaskModel
 from bloom_jax.task_types import CLASSIFICATION, GENERATION, LM, TAGGING
-from tiny import tiny_config
 
 VOCAB = 53
 TOLERANCE = 1e-5

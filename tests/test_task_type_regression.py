@@ -10,12 +10,12 @@ import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
+from tiny import tiny_config
 
 from bloom_jax import evaluation, metrics, runs, tasks, train
 from bloom_jax.data import sources
 from bloom_jax.predict import Predictor
 from bloom_jax.task_types import REGRESSION, TYPES
-from tiny import tiny_config
 
 WORDS = ('great', 'bad', 'film', 'plot', 'actor', 'scene', 'music', 'story', 'the', 'a')
 

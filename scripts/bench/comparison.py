@@ -148,11 +148,11 @@ def bench_decode(shape: dict, bandwidth: Callable[[], float]) -> dict:
 
 
 def bench_input(num_batches: int) -> dict:
-  from bloom_jax import data as data_lib
+  from bloom_jax.data import pipeline
 
   config = default_config.get_config()
   t0 = time.perf_counter()
-  pipe = data_lib.Pipeline(config)
+  pipe = pipeline.Pipeline(config)
   setup_s = time.perf_counter() - t0
   it = pipe.train_iterator()
   next(it)

@@ -2,7 +2,6 @@
 XLA's own FLOP and memory analysis of a compiled program, the step's and one token's
 weight-matrix products alone (XLA against PyTorch), and our jitted train step."""
 
-import dataclasses
 import resource
 import statistics
 import time
@@ -12,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bloom_jax import sharding, steps, train
+from bloom_jax import runs, sharding, steps, task_types, tasks
 from configs import seed as seed_config
 
 # ------------------------------------------------------------------------------ timers
@@ -176,30 +175,9 @@ def bandwidth_probe(shape: tuple[int, int], dtype: str, reps: int = 10) -> Calla
 # ------------------------------------------------------------------------------ our train step
 
 
-@dataclasses.dataclass(frozen=True)
-class _Task:
-  head: str = 'lm'
-  loss_weight: float = 1.0
-  num_labels: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class _Tokenizer:
-  vocab_size: int
-
-
-@dataclasses.dataclass(frozen=True)
-class _Pipe:
-  """What `train.build` reads of a data pipeline: the tasks and the vocabulary size."""
-
-  tasks: dict
-  tokenizer: _Tokenizer
-
-
 def build(config, vocab: int, mesh):
-  """The model and its jitted steps, as `train.build` makes them, for one LM task."""
-  pipe = _Pipe({'lm': _Task()}, _Tokenizer(vocab))
-  return train.build(config, pipe, mesh)
+  """The model and its jitted steps for one LM task, as `bloom_jax.train` builds them."""
+  return runs.build(config, {'lm': tasks.TaskSpec('lm', task_types.LM, source=None)}, vocab, mesh)
 
 
 def bench_config(shape: dict, **model):
@@ -215,7 +193,7 @@ def bench_config(shape: dict, **model):
 
 def lm_batch(rng: np.random.Generator, vocab: int, batch: int, seq: int) -> dict:
   ids = rng.integers(4, vocab, size=(batch, seq + 1), dtype=np.int32)
-  return {'lm': {'input_ids': ids[:, :-1], 'attention_mask': np.ones((batch, seq), np.int32),
+  return {'lm': {'input_ids': ids[:, :-1], 'segment_ids': np.ones((batch, seq), np.int32),
                  'targets': ids[:, 1:], 'weights': np.ones((batch, seq), np.float32)}}
 
 

@@ -1,0 +1,105 @@
+"""The real-data mixture (configs/real_multitask.py): examples per second for each task and
+non-padding tokens per second, with packed rows against one example per row.
+
+Both layouts train the same model on the same tokens per step; the unpacked one is the
+mixture as it was before packing (`UNPACKED_ROWS`: rows per step and tokens per row).
+Their train steps run in turns on real batches, so the machine's drift hits both alike.
+"""
+
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from bloom_jax import runs, sharding
+from bloom_jax.data import pipeline
+from configs import real_multitask
+
+# configs/real_multitask.py's (rows per step, tokens per row) with one example per row.
+UNPACKED_ROWS = {'pos': (16, 64), 'sst2': (16, 48), 'trec': (8, 32), 'aeslc': (8, 160),
+                 'shakespeare': (8, 128)}
+
+
+def layouts() -> dict:
+  packed = real_multitask.get_config()
+  unpacked = real_multitask.get_config()
+  unpacked.data.pack = False
+  unpacked.data.batch_size = sum(rows for rows, _ in UNPACKED_ROWS.values())
+  for name, (rows, length) in UNPACKED_ROWS.items():
+    unpacked.tasks[name].rate = rows / unpacked.data.batch_size
+    unpacked.tasks[name].max_length = length
+  return {'unpacked': unpacked, 'packed': packed}
+
+
+class _Trainer:
+  """One layout's compiled step and its stream of real batches."""
+
+  def __init__(self, config, mesh):
+    self.pipe = pipeline.Pipeline(config)
+    self.setup = runs.build(config, self.pipe.tasks, self.pipe.tokenizer.vocab_size, mesh)
+    self.state = self.setup.init_train_state()
+    self.batches = self.pipe.train_iterator()
+    self.mesh, self.times, self.host = mesh, [], []
+
+  def step(self, timed: bool):
+    host = next(self.batches)
+    batch = sharding.global_batch(host, self.mesh)
+    t0 = time.perf_counter()
+    self.state, metrics = self.setup.train_step(self.state, batch)
+    jax.block_until_ready((self.state, metrics))
+    if timed:
+      self.times.append(time.perf_counter() - t0)
+      self.host.append(host)
+
+  def result(self) -> dict:
+    step_s = statistics.median(self.times)
+    out = {'step_s': step_s, 'tokens_per_step': 0, 'nonpad_tokens_per_step': 0.0, 'tasks': {}}
+    for name in self.pipe.tasks:
+      rows = [h[name]['segment_ids'] for h in self.host]
+      examples = np.mean([r.max(axis=1).sum() for r in rows])
+      nonpad = np.mean([(r > 0).sum() for r in rows])
+      out['tokens_per_step'] += int(rows[0].size)
+      out['nonpad_tokens_per_step'] += float(nonpad)
+      out['tasks'][name] = {'rows_per_step': len(rows[0]), 'tokens_per_row': rows[0].shape[1],
+                            'examples_per_step': float(examples),
+                            'examples_per_s': float(examples) / step_s,
+                            'nonpad_fraction': float(nonpad) / rows[0].size}
+    out['nonpad_tokens_per_s'] = out['nonpad_tokens_per_step'] / step_s
+    return out
+
+
+def bench_mixture(steps: int, log) -> dict:
+  """{'unpacked': ..., 'packed': ..., 'examples_per_s_ratio': {task: packed / unpacked}}."""
+  mesh = sharding.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
+  trainers = {}
+  for name, config in layouts().items():
+    log(f'mixture: preparing the {name} layout')
+    trainers[name] = _Trainer(config, mesh)
+    for _ in range(2):  # compile and warm up
+      trainers[name].step(timed=False)
+  for i in range(steps):
+    for trainer in trainers.values():
+      trainer.step(timed=True)
+    if i % 10 == 9:
+      log(f'mixture: {i + 1}/{steps} steps of each layout')
+  out = {name: t.result() for name, t in trainers.items()}
+  out['examples_per_s_ratio'] = {
+      task: out['packed']['tasks'][task]['examples_per_s']
+      / out['unpacked']['tasks'][task]['examples_per_s'] for task in UNPACKED_ROWS}
+  return out
+
+
+def table(results: dict) -> list[tuple[str, str]]:
+  rows = []
+  for layout in ('unpacked', 'packed'):
+    r = results[layout]
+    rows.append((f'mixture {layout}: step', f"{r['step_s'] * 1e3:.0f} ms, "
+                 f"{r['tokens_per_step']} tokens, {r['nonpad_tokens_per_s']:.0f} non-pad tok/s"))
+    for task, t in r['tasks'].items():
+      rows.append((f'  {task}', f"{t['rows_per_step']} x {t['tokens_per_row']}, "
+                   f"{t['examples_per_step']:.1f} examples/step, "
+                   f"{t['examples_per_s']:.1f} examples/s, non-pad {t['nonpad_fraction']:.1%}"))
+  rows.append(('packed / unpacked examples/s', ', '.join(
+      f'{t} {x:.2f}x' for t, x in results['examples_per_s_ratio'].items())))
+  return rows
