@@ -9,7 +9,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from bloom_jax import data
+from bloom_jax.data import pipeline
+from bloom_jax.errors import DataError
+from bloom_jax.task_types import GENERATION
 from configs import default, real_multitask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,33 +34,74 @@ def synthetic(tmp_path_factory):
   # scratch wherever the cache is new (as in CI), but only once per machine.
   config = synthetic_config('')
   workdir = str(root / 'work')
-  return config, data.Pipeline(config, workdir=workdir), workdir
+  return config, pipeline.Pipeline(config, workdir=workdir), workdir
+
+
+def _segments(rows):
+  """(row, positions) of every example in a dict of packed rows."""
+  return [(r, np.flatnonzero(ids == s)) for r, ids in enumerate(rows['segment_ids'])
+          for s in range(1, int(ids.max(initial=0)) + 1)]
+
+
+def _token_lists(rows):
+  return sorted(tuple(rows['input_ids'][r, at].tolist()) for r, at in _segments(rows))
+
+
+def _example_token_lists(examples):
+  return sorted(tuple(examples.example(i)['input_ids'].tolist()) for i in range(len(examples)))
 
 
 def test_tasks_and_batch_format(synthetic):
   _, pipe, _ = synthetic
-  assert {n: (t.head, t.batch_size) for n, t in pipe.tasks.items()} == {
-      'sentiment': ('classification', 4), 'tagging': ('tagging', 4),
-      'summarize': ('generation', 4), 'lm': ('lm', 4)}
+  assert {n: (t.type.name, t.batch_size, t.attention) for n, t in pipe.tasks.items()} == {
+      'sentiment': ('classification', 4, 'bidirectional'),
+      'tagging': ('tagging', 4, 'bidirectional'), 'summarize': ('generation', 4, 'prefix'),
+      'lm': ('lm', 4, 'causal')}
   batch = next(pipe.train_iterator())
   shapes = {t: {k: v.shape for k, v in b.items()} for t, b in batch.items()}
-  assert shapes['sentiment'] == {'input_ids': (4, 32), 'attention_mask': (4, 32),
-                                 'targets': (4,), 'weights': (4,)}
-  assert shapes['tagging'] == {k: (4, 32) for k in ('input_ids', 'attention_mask', 'targets',
-                                                    'weights')}
-  assert set(shapes['summarize']) == {'input_ids', 'attention_mask', 'prefix_mask', 'targets',
-                                      'weights'}
-  assert shapes['lm']['targets'] == (4, 64)
+  row = lambda length: {k: (4, length) for k in ('input_ids', 'segment_ids', 'targets', 'weights')}
+  assert shapes['sentiment'] == row(32)
+  assert shapes['tagging'] == row(32)   # num_words is for evaluation only
+  budget = 2 * (pipe.tasks['summarize'].target_length + 1)
+  assert shapes['summarize'] == {'input_ids': (4, 32), 'segment_ids': (4, 32),
+                                 'prefix_mask': (4, 32), 'target_positions': (4, budget),
+                                 'targets': (4, budget), 'weights': (4, budget)}
+  assert shapes['lm'] == row(64)
   for b in batch.values():
     assert b['input_ids'].dtype == np.int32 and b['weights'].dtype == np.float32
-    assert (b['input_ids'][b['attention_mask'] == 0] == pipe.tokenizer.pad_id).all()
+    assert b['segment_ids'].dtype == np.int32
+    assert (b['input_ids'][b['segment_ids'] == 0] == pipe.tokenizer.pad_id).all()
+    assert (b['segment_ids'].max(axis=1) >= 1).all()   # no empty training rows
+  gen = batch['summarize']
+  assert (np.take_along_axis(gen['segment_ids'], gen['target_positions'], 1)[gen['weights'] > 0]
+          > 0).all()
+
+
+def test_training_rows_hold_every_example_once(synthetic):
+  _, pipe, _ = synthetic
+  stats = pipe.row_statistics()
+  for task in pipe.tasks:
+    rows, examples = pipe.train_rows(task), pipe.prepared[task].examples['train']
+    assert stats[task]['rows'] == len(rows['input_ids'])
+    segments = rows['segment_ids'].max(axis=1)
+    assert segments.sum() == len(examples)
+    assert stats[task]['examples_per_row'] == pytest.approx(segments.mean())
+    assert stats[task]['nonpad_fraction'] == pytest.approx(
+        examples.lengths.sum() / rows['segment_ids'].size)
+    assert rows['weights'].sum() == examples.tokens['weights'].sum()
+  tagging = pipe.train_rows('tagging')
+  assert len(tagging['input_ids']) < len(pipe.prepared['tagging'].examples['train'])  # packed
+  assert tagging['num_words'].sum() == pipe.prepared['tagging'].examples['train'].scalars[
+      'num_words'].sum()
+  assert _token_lists(tagging) == _example_token_lists(
+      pipe.prepared['tagging'].examples['train'])
 
 
 def test_tokenizer_cached_in_workdir(synthetic):
   config, pipe, workdir = synthetic
   (cached,) = [f for f in os.listdir(workdir) if f.startswith('tokenizer-')]
   assert cached.endswith('.json')
-  again = data.Pipeline(config, workdir=workdir)
+  again = pipeline.Pipeline(config, workdir=workdir)
   assert again.tokenizer.fingerprint() == pipe.tokenizer.fingerprint()
 
 
@@ -72,12 +115,21 @@ def test_batches_are_a_function_of_seed_and_step(synthetic):
   assert not np.array_equal(first[0]['sentiment']['input_ids'], first[1]['sentiment']['input_ids'])
 
 
-def test_epochs_are_permutations(synthetic):
+def test_epochs_are_permutations_of_rows(synthetic):
   _, pipe, _ = synthetic
   it = pipe.train_iterator()
-  n = len(pipe.prepared['sentiment'].arrays['train']['input_ids'])
-  seen = np.concatenate([it.indices(1, 'sentiment', s) for s in range(n // 4)])
-  assert sorted(seen.tolist()) == list(range(n))
+  task_index = list(pipe.tasks).index('tagging')
+  n = len(pipe.train_rows('tagging')['input_ids'])
+  steps = -(-2 * n // 4) + 1   # a little over two epochs of 4 rows a step
+  seen = np.concatenate([it.indices(task_index, 'tagging', s) for s in range(steps)])
+  first, second = seen[:n], seen[n:2 * n]
+  assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(n))
+  assert not np.array_equal(first, second)   # each epoch its own order
+  batch = it.batch(3)['tagging']             # batches are those rows
+  np.testing.assert_array_equal(batch['input_ids'],
+                                pipe.train_rows('tagging')['input_ids'][seen[12:16]])
+  np.testing.assert_array_equal(batch['segment_ids'],
+                                pipe.train_rows('tagging')['segment_ids'][seen[12:16]])
 
 
 def test_process_shards_partition_the_batch(synthetic):
@@ -85,8 +137,10 @@ def test_process_shards_partition_the_batch(synthetic):
   whole = pipe.train_iterator().batch(5)
   parts = [pipe.train_iterator(p, 2).batch(5) for p in range(2)]
   for task in whole:
-    np.testing.assert_equal(np.concatenate([p[task]['input_ids'] for p in parts]),
-                            whole[task]['input_ids'])
+    assert set(parts[0][task]) == set(whole[task])
+    for field in whole[task]:
+      np.testing.assert_equal(np.concatenate([p[task][field] for p in parts]),
+                              whole[task][field], err_msg=f'{task}/{field}')
   with pytest.raises(ValueError, match='split evenly'):
     pipe.train_iterator(0, 3)
 
@@ -103,9 +157,9 @@ def test_resume_in_a_new_process(synthetic, tmp_path):
       import ml_collections
       import numpy as np
       sys.path.insert(0, {REPO!r})
-      from bloom_jax import data
+      from bloom_jax.data import pipeline
       c = ml_collections.ConfigDict(json.loads({config.to_json()!r}))
-      it = data.Pipeline(c, workdir={workdir!r}).train_iterator()
+      it = pipeline.Pipeline(c, workdir={workdir!r}).train_iterator()
       it.set_state(json.loads({state!r}))
       flat = {{f'{{i}}/{{t}}/{{k}}': v for i in range(2) for t, b in next(it).items()
               for k, v in b.items()}}
@@ -131,51 +185,140 @@ def test_processes_sharing_a_cache_prepare_it_in_turn(tmp_path):
         (pathlib.Path(sys.argv[1]) / 'finished').touch()
       '''), str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline().strip() == 'holding'
-  with data.pipeline.exclusive(str(tmp_path)):
+  with pipeline.exclusive(str(tmp_path)):
     assert (tmp_path / 'finished').exists()
   assert holder.wait(timeout=60) == 0
 
 
 def test_eval_batches_cover_split_once_with_padding(synthetic):
   _, pipe, _ = synthetic
+  examples = pipe.examples('tagging', 'validation', 100)
+  assert len(examples) == 100
   batches = list(pipe.eval_batches('tagging', 'validation', 64, max_examples=100))
-  assert [len(b['example_mask']) for b in batches] == [64, 64]
-  mask = np.concatenate([b['example_mask'] for b in batches])
-  assert mask.sum() == 100 and not mask[100:].any()
-  last = batches[-1]
-  assert (last['weights'][last['example_mask'] == 0] == 0).all()
-  assert (last['input_ids'][last['example_mask'] == 0] == pipe.tokenizer.pad_id).all()
-  assert 'num_words' in last
+  rows = pipe.rows('tagging', examples)
+  n = len(rows['input_ids'])
+  assert [len(b['input_ids']) for b in batches] == [64] * -(-n // 64)
+  merged = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+  assert set(merged) == {'input_ids', 'segment_ids', 'targets', 'weights', 'num_words'}
+  # Every selected example exactly once: segment counts, weights and words add up, and
+  # the segments' tokens are the examples'.
+  assert merged['segment_ids'].max(axis=1).sum() == 100
+  assert merged['weights'].sum() == examples.tokens['weights'].sum()
+  assert merged['num_words'].sum() == examples.scalars['num_words'].sum()
+  assert _token_lists(merged) == _example_token_lists(examples)
+  for field in rows:
+    np.testing.assert_array_equal(merged[field][:n], rows[field], err_msg=field)
+  # Rows that pad the last batch hold nothing and weigh nothing.
+  padding = merged['segment_ids'][n:]
+  assert len(padding) == 64 * len(batches) - n > 0 and not padding.any()
+  assert not merged['weights'][n:].any() and not merged['num_words'][n:].any()
+  assert (merged['input_ids'][n:] == pipe.tokenizer.pad_id).all()
   again = list(pipe.eval_batches('tagging', 'validation', 64, max_examples=100))
   np.testing.assert_equal(again, batches)
+  # Two processes each take their half of every batch.
+  halves = [list(pipe.eval_batches('tagging', 'validation', 64, 100, p, 2)) for p in range(2)]
+  for whole, a, b in zip(batches, *halves, strict=True):
+    np.testing.assert_equal({k: np.concatenate([a[k], b[k]]) for k in a}, whole)
   lm = next(pipe.eval_batches('lm', 'validation', 8))
   assert lm['target_bytes'].dtype == np.int32 and (lm['target_bytes'] > 0).all()
   gen = next(pipe.eval_batches('summarize', 'test', 8))
-  spec = pipe.tasks['summarize']   # the prompt leaves room for the target and its eos
-  assert gen['prompt_ids'].shape == (8, spec.max_length - spec.target_length - 1)
-  assert (gen['prompt_ids'][:, -1] == pipe.tokenizer.sep_id).all()
+  spec = pipe.tasks['summarize']
+  assert gen['target_positions'].shape == gen['weights'].shape == (8, 2 * (spec.target_length + 1))
+  # The prompts evaluation decodes from leave room for the target and its eos.
+  prompts = GENERATION.prompts(pipe.examples('summarize', 'test', 8))
+  assert len(prompts) == 8
+  assert all(p[-1] == pipe.tokenizer.sep_id and p[0] == pipe.tokenizer.bos_id and
+             len(p) <= spec.max_length - spec.target_length - 1 for p in prompts)
+
+
+def test_eval_rows_unpacked_keep_example_order(synthetic):
+  config, pipe, workdir = synthetic
+  unpacked = config.copy_and_resolve_references()
+  unpacked.data.pack = False
+  alone = pipeline.Pipeline(unpacked, workdir=workdir)
+  examples = alone.examples('sentiment', 'validation', 10)
+  batch = next(alone.eval_batches('sentiment', 'validation', 16, max_examples=10))
+  assert (batch['segment_ids'].max(axis=1) == [1] * 10 + [0] * 6).all()
+  for i in range(10):
+    ids = examples.example(i)['input_ids']
+    assert batch['input_ids'][i, :len(ids)].tolist() == ids.tolist()
+  # The training rows too: one example each.
+  assert len(alone.train_rows('tagging')['input_ids']) == len(
+      alone.prepared['tagging'].examples['train'])
+  assert len(pipe.train_rows('tagging')['input_ids']) < len(
+      alone.train_rows('tagging')['input_ids'])
 
 
 def test_references_follow_eval_order(synthetic):
   _, pipe, _ = synthetic
-  refs = pipe.references('summarize', 'validation', max_examples=3)
-  batch = next(pipe.eval_batches('summarize', 'validation', 3))
-  for r, targets, w in zip(refs, batch['targets'], batch['weights'], strict=True):
-    decoded = pipe.tokenizer.decode(targets[w > 0])
-    assert decoded and r[0].startswith(decoded)  # a target may be cut at max_target_length
+  refs = pipe.references('summarize', 'validation', max_examples=5)
+  examples = pipe.examples('summarize', 'validation', 5)
+  samples = pipe.prepared['summarize'].stats['validation']['samples']
+  assert len(refs) == len(examples) == 5
+  decoded = []
+  for i, r in enumerate(refs):
+    example = examples.example(i)
+    target = pipe.tokenizer.decode(example['targets'][example['weights'] > 0])
+    assert target and r[0].startswith(target)  # a target may be cut at max_target_length
+    assert r == samples[i]['targets']
+    source = pipe.tokenizer.decode(example['input_ids'][example['prefix_mask'] > 0])
+    assert samples[i]['source'].startswith(source)
+    decoded.append(target)
+  # The eval rows score exactly those targets (packed in any order).
+  batch = next(pipe.eval_batches('summarize', 'validation', 8, max_examples=5))
+  scored = []
+  for r, at in _segments(batch):
+    mine = np.isin(batch['target_positions'][r], at) & (batch['weights'][r] > 0)
+    scored.append(pipe.tokenizer.decode(batch['targets'][r][mine]))
+  assert sorted(scored) == sorted(decoded)
 
 
-def test_encode_for_inference(synthetic):
+def test_inference_encoding_matches_training(synthetic):
   _, pipe, _ = synthetic
-  tagged = pipe.encode_for_inference('tagging', ['the  cat sees a fish .'])
-  assert tagged['words'] == [['the', 'cat', 'sees', 'a', 'fish', '.']]
-  assert 'targets' not in tagged and tagged['num_words'].tolist() == [6]
+  tok = pipe.tokenizer
+  spec = pipe.tasks['tagging']
+  rows = spec.type.inference_rows(spec, tok, ['the  cat sees a fish .'])
+  assert rows == [{'words': ['the', 'cat', 'sees', 'a', 'fish', '.']}]
+  examples, _ = spec.type.encode(spec, tok, rows, False, None)
+  tagged = spec.type.rows(spec, examples, tok.pad_id, packed=False)
+  assert tagged['num_words'].tolist() == [6] and tagged['segment_ids'].max() == 1
   assert tagged['weights'].sum() == 6  # one first subword per word
-  cls = pipe.encode_for_inference('sentiment', ['a lovely dog'])
-  assert pipe.tokenizer.decode(cls['input_ids'][0]) == 'a lovely dog'
-  gen = pipe.encode_for_inference('summarize', ['the cat sees a dog .'])
-  assert (gen['prompt_ids'][0, -1], gen['prefix_mask'].sum()) == (
-      pipe.tokenizer.sep_id, gen['attention_mask'].sum())
+  assert tok.decode(tagged['input_ids'][0]) == 'the cat sees a fish .'
+
+  cls = pipe.tasks['sentiment']
+  rows = cls.type.inference_rows(cls, tok, ['a  lovely dog', 'the end', ''])
+  examples, _ = cls.type.encode(cls, tok, rows, False, None)
+  batch = cls.type.rows(cls, examples, tok.pad_id, packed=False)
+  assert [tok.decode(ids) for ids in batch['input_ids']] == ['a lovely dog', 'the end', '']
+  ends = [np.flatnonzero(w).tolist() for w in batch['weights']]   # where the label is read
+  assert ends == [[int(m.sum()) - 1] for m in batch['segment_ids']]
+  assert (batch['input_ids'][np.arange(3), [e[0] for e in ends]] == tok.eos_id).all()
+
+  gen = pipe.tasks['summarize']
+  rows = gen.type.inference_rows(gen, tok, ['the cat sees a dog .'])
+  examples, _ = gen.type.encode(gen, tok, rows, False, None)
+  batch = gen.type.rows(gen, examples, tok.pad_id, packed=False)
+  (prompt,) = gen.type.prompts(examples)
+  assert prompt == [tok.bos_id] + tok.encode('the cat sees a dog .') + [tok.sep_id]
+  assert batch['input_ids'][0, :len(prompt)].tolist() == prompt
+  assert batch['prefix_mask'].sum() == batch['segment_ids'].sum() == len(prompt)
+  assert batch['weights'].sum() == 0
+
+  # A raw text encodes exactly as its example did in training and evaluation.
+  for name, field in (('sentiment', 'text'), ('tagging', 'words'), ('summarize', 'source')):
+    spec = pipe.tasks[name]
+    sample = pipe.prepared[name].stats['validation']['samples'][0]
+    raw = ' '.join(sample[field]) if field == 'words' else sample[field]
+    examples, _ = spec.type.encode(spec, tok, spec.type.inference_rows(spec, tok, [raw]), False,
+                                   None)
+    prepared = pipe.examples(name, 'validation', 1).example(0)
+    mine = examples.example(0)
+    if name == 'summarize':
+      prefix = prepared['prefix_mask'] > 0   # the prompt: inference rows have no target
+      prepared = {k: v[prefix] for k, v in prepared.items()}
+    assert mine['input_ids'].tolist() == prepared['input_ids'].tolist(), name
+    if name == 'tagging':
+      assert mine['weights'].tolist() == prepared['weights'].tolist()
 
 
 def _fake_layout(root):
@@ -212,7 +355,7 @@ def test_local_file_tasks(tmp_path):
   for task in c.tasks.values():
     task.max_length = 24
   c.tasks.aeslc.max_target_length = 6
-  pipe = data.Pipeline(c, multiple=2)
+  pipe = pipeline.Pipeline(c, multiple=2)
   stats = {t: p.stats for t, p in pipe.prepared.items()}
   assert set(stats['pos']) == {'train', 'validation', 'test'}
   assert stats['pos']['train']['problems']['counts'] == {'malformed_line': 1, 'dropped_sentence': 1}
@@ -226,15 +369,15 @@ def test_local_file_tasks(tmp_path):
   shakespeare = pipe.prepared['shakespeare'].stats
   assert shakespeare['validation']['samples'][0]['text'].startswith('LINE 54:')
   assert all(t.batch_size % 2 == 0 and t.batch_size >= 2 for t in pipe.tasks.values())
-  with pytest.raises(data.DataError, match="task 'sst2' has no labelled 'test'"):
+  with pytest.raises(DataError, match="task 'sst2' has no labelled 'test'"):
     pipe.eval_batches('sst2', 'test', 4)
 
 
 def test_missing_local_file_is_one_line_error(tmp_path):
   c = real_multitask.get_config()
   c.data.dir, c.data.tfds_dir = str(tmp_path), str(tmp_path / 'tfds')
-  with pytest.raises(data.DataError, match=rf"{tmp_path}/\S+: file not found \(task '\w+'"):
-    data.Pipeline(c)
+  with pytest.raises(DataError, match=rf"{tmp_path}/\S+: file not found \(task '\w+'"):
+    pipeline.Pipeline(c)
 
 
 def _mock_catalog_pipeline(tmp_path, names):
@@ -245,7 +388,7 @@ def _mock_catalog_pipeline(tmp_path, names):
   c.tokenizer.vocab_size = 300
   c.tasks = {name: dict(rate=1.0, loss_weight=1.0, max_length=32) for name in names}
   with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
-    return data.Pipeline(c)
+    return pipeline.Pipeline(c)
 
 
 def test_tfds_catalog_tasks_with_mock_data(tmp_path):
@@ -253,15 +396,21 @@ def test_tfds_catalog_tasks_with_mock_data(tmp_path):
            'tfds_shakespeare')
   pipe = _mock_catalog_pipeline(tmp_path, names)
   for name in names:
-    assert len(pipe.prepared[name].arrays['train']['input_ids']), name
-    assert 'validation' in pipe.prepared[name].arrays, name
-  assert set(next(pipe.train_iterator())) == set(names)
+    assert len(pipe.prepared[name].examples['train']), name
+    assert pipe.has_split(name, 'validation'), name
+    rows = pipe.train_rows(name)
+    assert rows['segment_ids'].max(axis=1).sum() == len(pipe.prepared[name].examples['train'])
+  assert pipe.tasks['xsum'].attention == 'prefix' and pipe.tasks['ag_news'].type.name == \
+      'classification'
+  batch = next(pipe.train_iterator())
+  assert set(batch) == set(names)
+  assert all(b['segment_ids'].shape == b['input_ids'].shape for b in batch.values())
 
 
 def test_tfds_tagging_skips_misaligned_sentences(tmp_path):
   # Mock UD sentences have unrelated token and tag counts: every one is skipped and counted,
   # which leaves no training data, a one-line error naming the task.
-  with pytest.raises(data.DataError, match=r"^task 'tfds_pos': no usable training examples "
+  with pytest.raises(DataError, match=r"^task 'tfds_pos': no usable training examples "
                                            r'\(malformed_example=12 '):
     _mock_catalog_pipeline(tmp_path, ['tfds_pos'])
 
@@ -285,12 +434,12 @@ def test_single_task_run_can_share_the_mixture_tokenizer(synthetic, tmp_path):
   alone = config.copy_and_resolve_references()
   alone.tasks = {'sentiment': config.tasks.sentiment.to_dict()}
   alone.tokenizer.train_on = ','.join(config.tasks)
-  shared = data.Pipeline(alone, workdir=str(tmp_path))
+  shared = pipeline.Pipeline(alone, workdir=str(tmp_path))
   assert list(shared.tasks) == ['sentiment']
   assert shared.tokenizer.fingerprint() == pipe.tokenizer.fingerprint()
   alone.tokenizer.train_on = 'sentiment,no_such_task'
-  with pytest.raises(data.DataError, match="tokenizer.train_on: unknown task 'no_such_task'"):
-    data.Pipeline(alone, workdir=str(tmp_path))
+  with pytest.raises(DataError, match="tokenizer.train_on: unknown task 'no_such_task'"):
+    pipeline.Pipeline(alone, workdir=str(tmp_path))
 
 
 def test_real_config_variants():

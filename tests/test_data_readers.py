@@ -172,3 +172,8 @@ def test_broken_conllu_and_wrong_encodings(tmp_path, lines, encoding):
   text = '\n'.join(lines) + '\u00e9\u4e2d'
   _only_data_error_or_success(_write(tmp_path, 'fuzz.conllu',
                                      text.encode(encoding, errors='replace')))
+
+
+def test_reader_errors_are_the_library_data_error():
+  from bloom_jax import errors
+  assert DataError is errors.DataError and issubclass(DataError, ValueError)

@@ -6,6 +6,9 @@ from rouge_score import rouge_scorer
 from sklearn.metrics import accuracy_score, f1_score
 
 from bloom_jax import metrics
+from bloom_jax.data import packing
+from bloom_jax.task_types import CLASSIFICATION, GENERATION, LM, TAGGING
+from bloom_jax.tasks import TaskSpec
 
 # (pred, target, weights): an absent class, classes only predicted or only true, weights.
 LABEL_CASES = [
@@ -126,59 +129,122 @@ def test_language_model_rates_by_hand():
   assert math.isnan(metrics.bits_per_byte(1.0, 0))
 
 
-def eval_result(predictions, nll, count):
-  return {'predictions': np.asarray(predictions), 'nll': np.asarray(nll, np.float32),
+def test_ratio_is_nan_without_a_denominator():
+  assert metrics.ratio(3.0, 4.0) == 0.75
+  assert math.isnan(metrics.ratio(1.0, 0.0))
+
+
+# --------------------------------------------------------------------------------------
+# The task types' accumulators, fed eval batches of packed rows as `steps.eval_step`
+# returns them: per-position predictions, per-row loss sums and counts.
+
+
+def _spec(task_type, **fields):
+  return TaskSpec('t', task_type, source=None, max_length=8, **fields)
+
+
+def eval_result(predictions, loss_sum, count):
+  return {'predictions': np.asarray(predictions), 'loss_sum': np.asarray(loss_sum, np.float32),
           'count': np.asarray(count, np.float32)}
 
 
 @pytest.mark.filterwarnings('ignore::sklearn.exceptions.UndefinedMetricWarning')
-def test_task_metrics_classification_ignores_padding_rows():
-  sums = metrics.TaskMetrics('classification', num_labels=4)
-  sums.add({'targets': np.array([0, 1, 1]), 'weights': np.array([1.0, 1.0, 1.0])},
-           eval_result([0, 1, 0], [0.1, 0.2, 2.0], [1, 1, 1]))
-  # The last row pads the batch; its prediction (class 3) occurs nowhere else.
-  sums.add({'targets': np.array([2, 0]), 'weights': np.array([1.0, 0.0])},
-           eval_result([2, 3], [0.3, 0.0], [1, 0]))
+def test_classification_accumulator_reads_segment_ends_only():
+  sums = CLASSIFICATION.accumulator(_spec(CLASSIFICATION, labels=('a', 'b', 'c', 'd')))
+  # Row 0 packs two examples (labels at their last tokens, 2 and 5), row 1 one example;
+  # unscored positions predict class 3, which no scored position has.
+  batch = {'targets': np.array([[0, 0, 0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 0, 0, 0, 0]]),
+           'weights': np.array([[0, 0, 1, 0, 0, 1, 0, 0], [0, 0, 0, 1, 0, 0, 0, 0]], np.float32)}
+  preds = np.full((2, 8), 3)
+  preds[0, 2], preds[0, 5], preds[1, 3] = 0, 1, 0
+  sums.add(batch, eval_result(preds, [0.3, 2.0], [2, 1]))
+  # The last batch: one example and a padding row (weight 0 everywhere) predicting class 3.
+  batch = {'targets': np.array([[0, 2, 0, 0, 0, 0, 0, 0], np.zeros(8, int)]),
+           'weights': np.array([[0, 1, 0, 0, 0, 0, 0, 0], np.zeros(8)], np.float32)}
+  preds = np.full((2, 8), 3)
+  preds[0, 1] = 2
+  sums.add(batch, eval_result(preds, [0.3, 0.0], [1, 0]))
   pred, target = [0, 1, 0, 2], [0, 1, 1, 2]
   assert sums.result() == pytest.approx({
       'loss': 2.6 / 4, 'accuracy': 0.75,
       'macro_f1': f1_score(target, pred, average='macro')})
+  empty = CLASSIFICATION.accumulator(_spec(CLASSIFICATION, labels=('a', 'b'))).result()
+  assert all(math.isnan(v) for v in empty.values())
 
 
-def test_task_metrics_tagging_sums_words():
-  sums = metrics.TaskMetrics('tagging')
+def test_tagging_accumulator_sums_words():
+  sums = TAGGING.accumulator(_spec(TAGGING, labels=('0', '1', '2', '3')))
   for row in range(2):
     batch = {'targets': np.array(TAG_TARGET[row:row + 1]),
              'weights': np.array(TAG_WEIGHTS[row:row + 1], np.float32),
              'num_words': np.array([[4, 3][row]])}
     sums.add(batch, eval_result(TAG_PRED[row:row + 1], [1.0], [3 - row]))
+  # A padding row adds nothing.
+  sums.add({'targets': np.zeros((1, 6), int), 'weights': np.zeros((1, 6), np.float32),
+            'num_words': np.zeros(1, np.int32)}, eval_result(np.ones((1, 6), int), [0.0], [0]))
   assert sums.result() == pytest.approx({'loss': 2 / 5, 'word_accuracy': 3 / 7})
 
 
-def test_task_metrics_lm():
-  sums = metrics.TaskMetrics('lm')
+def test_tagging_accumulator_counts_packed_rows_like_single_rows():
+  # The two sentences of TAG_* packed into one row of 12 give the same metrics.
+  packed = {'targets': np.array([sum(TAG_TARGET, [])]),
+            'weights': np.array([sum(TAG_WEIGHTS, [])], np.float32),
+            'num_words': np.array([7])}
+  sums = TAGGING.accumulator(_spec(TAGGING, labels=('0', '1', '2', '3')))
+  sums.add(packed, eval_result([sum(TAG_PRED, [])], [2.0], [5]))
+  assert sums.result() == pytest.approx({'loss': 2 / 5, 'word_accuracy': 3 / 7})
+
+
+def test_lm_accumulator():
+  sums = LM.accumulator(_spec(LM))
   sums.add({'target_bytes': np.array([10, 6])}, eval_result([[0]], [4 * math.log(2), 0.0], [2, 0]))
   sums.add({'target_bytes': np.array([8])}, eval_result([[0]], [8 * math.log(2)], [2]))
   assert sums.result() == pytest.approx(
       {'loss': 3 * math.log(2), 'perplexity': 8.0, 'bits_per_byte': 0.5})
 
 
-def test_task_metrics_generation():
-  sums = metrics.TaskMetrics('generation')
-  sums.add({}, eval_result([[0]], [2.0, 0.0], [1, 0]), ['the cat sat'])
-  sums.add({}, eval_result([[0]], [4.0], [2]), ['cats running'])
+class FakeEvaluator:
+  """What a task type's `evaluate` asks of `evaluation.Evaluator`: the eval step's outputs
+  for the examples' rows, and greedy continuations of prompts."""
+
+  def __init__(self, results, generated=()):
+    self.results, self.generated, self.prompts = results, list(generated), None
+
+  def scored_batches(self, spec, examples):
+    del spec, examples
+    yield from self.results
+
+  def generate(self, spec, prompts, width):
+    self.prompts, self.width = prompts, width
+    assert width == spec.max_length - spec.target_length - 1
+    return self.generated[:len(prompts)]
+
+
+def test_generation_evaluate_scores_rouge_against_every_reference():
+  spec = _spec(GENERATION, max_target_length=3)
+  # Two examples, <s> source <sep> target </s>, with 1 = <s>, 4 = <sep>, 2 = </s>.
+  seqs = [[1, 10, 11, 4, 20, 2], [1, 12, 4, 21, 22, 2]]
+  prefix = [[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]]
+  ids, lengths = packing.ragged(seqs)
+  examples = packing.Examples({'input_ids': ids, 'prefix_mask': packing.ragged(prefix)[0]},
+                              lengths)
+  results = [({}, eval_result([[0]], [2.0, 0.0], [1, 0])), ({}, eval_result([[0]], [4.0], [2]))]
+  evaluator = FakeEvaluator(results, ['the cat sat', 'cats running'])
   references = [['The cat sat on the mat.'], ['a dog', 'cat runs']]
-  assert sums.result(references) == pytest.approx({
+  out = GENERATION.evaluate(evaluator, spec, examples, references)
+  assert evaluator.prompts == [[1, 10, 11, 4], [1, 12, 4]]
+  assert out == pytest.approx({
       **metrics.rouge(['the cat sat', 'cats running'], references),
       'loss': 2.0, 'perplexity': math.exp(2.0)})
-  with pytest.raises(ValueError, match='references'):
-    sums.result()
-  with pytest.raises(ValueError, match='decoded predictions'):
-    sums.add({}, eval_result([[0]], [1.0], [1]))
+  with pytest.raises(ValueError, match='2 predictions but 1'):
+    GENERATION.evaluate(FakeEvaluator(results, ['a', 'b']), spec, examples, references[:1])
 
 
-def test_task_metrics_rejects_bad_heads():
-  with pytest.raises(ValueError, match="'regression'"):
-    metrics.TaskMetrics('regression')
-  with pytest.raises(ValueError, match='num_labels'):
-    metrics.TaskMetrics('classification')
+@pytest.mark.filterwarnings('ignore::sklearn.exceptions.UndefinedMetricWarning')
+def test_classification_evaluate_sums_every_batch():
+  spec = _spec(CLASSIFICATION, labels=('a', 'b'))
+  batch = {'targets': np.array([[0, 1, 0, 0]]), 'weights': np.array([[0, 1, 0, 1]], np.float32)}
+  results = [(batch, eval_result([[1, 1, 1, 1]], [1.5], [2]))] * 2
+  assert CLASSIFICATION.evaluate(FakeEvaluator(results), spec, None, None) == pytest.approx(
+      {'loss': 0.75, 'accuracy': 0.5, 'macro_f1': f1_score([1, 0, 1, 0], [1, 1, 1, 1],
+                                                           average='macro')})

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from bloom_jax import checkpointing, hf, tokenizer
-from bloom_jax.data import DataError, Pipeline
+from bloom_jax.data.pipeline import Pipeline
+from bloom_jax.errors import DataError
 from tests.tiny import tiny_config
 
 
