@@ -6,11 +6,10 @@ import sys
 
 from absl import app, flags, logging
 
-from bloom_jax import config_lib, hf, workdir_lock
-from bloom_jax.data import DataError
+from bloom_jax import errors, host_memory
 
-USER_ERRORS = (config_lib.ConfigError, DataError, hf.CheckpointError,
-               workdir_lock.WorkdirLockedError, OSError, app.UsageError)
+USER_ERRORS = (errors.ConfigError, errors.DataError, errors.CheckpointError,
+               errors.WorkdirLockedError, OSError, app.UsageError)
 
 
 def inside_workdir(workdir: str, path: str, flag: str) -> str:
@@ -22,8 +21,8 @@ def inside_workdir(workdir: str, path: str, flag: str) -> str:
   root = os.path.realpath(workdir)
   target = os.path.realpath(os.path.join(root, path))
   if os.path.commonpath([root, target]) != root or target == root:
-    raise config_lib.ConfigError(f'{flag}: {path!r} is not inside the workdir {workdir} '
-                                 '(outputs are written there; give a path relative to it)')
+    raise errors.ConfigError(f'{flag}: {path!r} is not inside the workdir {workdir} '
+                             '(outputs are written there; give a path relative to it)')
   return target
 
 
@@ -47,12 +46,26 @@ def _parse_flags(argv: list[str]) -> list[str]:
           'must name keys it defines)')
 
 
+def set_up_process() -> None:
+  """What a program does first, and a library import never does: TensorFlow's environment
+  defaults, then the restart with huge pages for XLA's large host buffers
+  (bloom_jax/host_memory.py)."""
+  # TensorFlow only reads data here: keep its C++ start-up chatter off the terminal. Set
+  # before the restart, so that the new process has them from its first line.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+  host_memory.restart_with_huge_pages()
+
+
 def run(main) -> None:
-  """app.run(main), with user errors reported as `<program>: error: <message>`.
+  """set_up_process(), then app.run(main) with user errors reported as
+  `<program>: error: <message>`.
 
   Library INFO logs (Orbax writes several lines per checkpoint) are hidden unless
   --verbosity=0 asks for them; warnings and errors always show.
   """
+  set_up_process()
+
   def guarded(argv):
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)

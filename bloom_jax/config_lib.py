@@ -10,16 +10,13 @@ import jax
 import ml_collections
 
 from bloom_jax import sharding
+from bloom_jax.errors import ConfigError
 from bloom_jax.model import BloomConfig
 
 REQUIRED = ('seed', 'total_steps', 'log_every', 'eval_every', 'checkpoint_every',
             'mesh.data', 'mesh.fsdp', 'mesh.tensor', 'data.dir', 'model', 'optimizer', 'tasks')
 POSITIVE = ('total_steps', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints',
             'data.batch_size', 'optimizer.grad_accum')
-
-
-class ConfigError(ValueError):
-  """A config value that cannot work; the message starts with the key."""
 
 
 def _lookup(config, dotted: str):

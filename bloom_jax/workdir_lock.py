@@ -4,9 +4,7 @@ checkpoints and metrics, so it is refused while the first holds the lock."""
 import fcntl
 import os
 
-
-class WorkdirLockedError(RuntimeError):
-  pass
+from bloom_jax.errors import WorkdirLockedError
 
 
 class WorkdirLock:

@@ -18,9 +18,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 
-
-class DataError(ValueError):
-  """A data file or split that cannot be used at all."""
+from bloom_jax.errors import DataError
 
 
 @dataclasses.dataclass

@@ -23,12 +23,8 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from bloom_jax.errors import CheckpointError
 from bloom_jax.model import Bloom, BloomConfig
-
-
-class CheckpointError(ValueError):
-  """A Hugging Face checkpoint that cannot be read; the message names the file or tensor."""
-
 
 # --------------------------------------------------------------------------------------
 # Config
