@@ -12,6 +12,11 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8 '
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+# The programs restart themselves once with glibc's huge-page tunable (cli.run); children
+# started with it set skip that second start-up (seconds per subprocess, dozens of them).
+# tests/test_host_memory.py clears it to test the restart itself.
+os.environ.setdefault('GLIBC_TUNABLES', 'glibc.malloc.hugetlb=1')
 
 import atexit  # noqa: E402
 import pathlib  # noqa: E402
