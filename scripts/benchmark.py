@@ -45,12 +45,13 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-# First, as `python -m bloom_jax.train` does: start again with huge pages for XLA's large
-# host buffers, before anything else is imported (bloom_jax/host_memory.py).
-from bloom_jax import host_memory  # noqa: E402, I001
+# First, as the `python -m bloom_jax.PROGRAM` entry points do (bloom_jax/cli.py): TensorFlow's
+# defaults, and a restart with huge pages for XLA's large host buffers, before anything
+# heavy is imported (bloom_jax/host_memory.py).
+from bloom_jax import cli  # noqa: E402, I001
 
 if __name__ == '__main__':
-  host_memory.restart_with_huge_pages()
+  cli.set_up_process()
 
 from scripts.bench import accelerator, comparison, mixture  # noqa: E402
 
