@@ -7,7 +7,6 @@ without `<sep>` separates source and target with `</s>`.
 """
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable
 
@@ -82,20 +81,3 @@ def train(texts: Iterable[str], vocab_size: int) -> Tokenizer:
   return Tokenizer(hf)
 
 
-def cache_key(texts: list[str], vocab_size: int) -> str:
-  h = hashlib.sha256(json.dumps(
-      {'vocab_size': vocab_size, 'tokenizers': tokenizers.__version__}).encode())
-  for t in texts:
-    h.update(t.encode('utf-8', 'replace'))
-    h.update(b'\0')
-  return h.hexdigest()[:16]
-
-
-def train_cached(texts: list[str], vocab_size: int, cache_dir: str) -> Tokenizer:
-  """Loads the tokenizer trained on exactly these inputs, training it on a miss."""
-  path = os.path.join(cache_dir, f'tokenizer-{cache_key(texts, vocab_size)}.json')
-  if os.path.exists(path):
-    return Tokenizer.load(path)
-  tok = train(texts, vocab_size)
-  tok.save(path)
-  return tok
