@@ -140,6 +140,27 @@ class Accumulator:
     return {'loss': metrics.ratio(self.loss, self.count)}
 
 
+class ExampleMetrics(Accumulator):
+  """Keeps every scored example's prediction and target; subclasses compare them whole
+  in `scores` (metrics such as F1 or a correlation do not add up over batches)."""
+
+  def __init__(self):
+    super().__init__()
+    self.preds, self.targets = [], []
+
+  def add(self, batch, result):
+    super().add(batch, result)
+    self.preds.append(scored(batch, result['predictions']))
+    self.targets.append(scored(batch, batch['targets']))
+
+  def scores(self, pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    raise NotImplementedError
+
+  def result(self):
+    pred, target = (np.concatenate(x) if x else np.zeros(0) for x in (self.preds, self.targets))
+    return {**super().result(), **self.scores(pred, target)}
+
+
 class PerplexityMetrics(Accumulator):
   """The loss and its perplexity (the loss is mean nats per scored token)."""
 

@@ -90,23 +90,16 @@ class Classification(base.TaskType):
     return f"{prediction['label']}\t({probs})"
 
 
-class ClassificationMetrics(base.Accumulator):
+class ClassificationMetrics(base.ExampleMetrics):
   """accuracy and macro-F1 over the split's examples, and the loss."""
 
   def __init__(self, num_labels: int):
     super().__init__()
     self.num_labels = num_labels
-    self.preds, self.targets = [], []
 
-  def add(self, batch, result):
-    super().add(batch, result)
-    self.preds.append(base.scored(batch, result['predictions']))
-    self.targets.append(base.scored(batch, batch['targets']))
-
-  def result(self):
-    pred, target = (np.concatenate(x) if x else np.zeros(0, np.int64)
-                    for x in (self.preds, self.targets))
-    return {**super().result(), 'accuracy': metrics.accuracy(pred, target),
+  def scores(self, pred, target):
+    pred, target = pred.astype(np.int64), target.astype(np.int64)
+    return {'accuracy': metrics.accuracy(pred, target),
             'macro_f1': metrics.macro_f1(pred, target, self.num_labels)}
 
 

@@ -68,22 +68,11 @@ class Regression(Classification):
     return f"{prediction['score']:.4f}"
 
 
-class RegressionMetrics(base.Accumulator):
+class RegressionMetrics(base.ExampleMetrics):
   """Pearson's and Spearman's correlation of scores with targets; the loss is the MSE."""
 
-  def __init__(self):
-    super().__init__()
-    self.preds, self.targets = [], []
-
-  def add(self, batch, result):
-    super().add(batch, result)
-    self.preds.append(base.scored(batch, result['predictions']))
-    self.targets.append(base.scored(batch, batch['targets']))
-
-  def result(self):
-    pred, target = (np.concatenate(x) if x else np.zeros(0) for x in (self.preds, self.targets))
-    return {**super().result(), 'pearson': metrics.pearson(pred, target),
-            'spearman': metrics.spearman(pred, target)}
+  def scores(self, pred, target):
+    return {'pearson': metrics.pearson(pred, target), 'spearman': metrics.spearman(pred, target)}
 
 
 REGRESSION = Regression()
