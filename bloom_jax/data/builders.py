@@ -78,7 +78,7 @@ class LocalConfig(tfds.core.BuilderConfig):
   """
 
   task_type: object = None  # a `bloom_jax.task_types` type
-  reader: str = 'tsv'       # conllu | tsv | csv | label_first | jsonl
+  reader: str = 'tsv'       # `readers.READERS`: conllu, tsv, csv, label_first, jsonl, text
   files: tuple = ()         # ((split, path), ...)
   labels: tuple | None = None
   options: tuple = ()       # reader keyword arguments as ((key, value), ...)
@@ -87,23 +87,8 @@ class LocalConfig(tfds.core.BuilderConfig):
 
 
 def read_file(config: LocalConfig, path: str) -> tuple[list, readers.Problems]:
-  opts = dict(config.options)
-  labels = config.labels
-  if config.reader == 'conllu':
-    return readers.read_conllu(path, labels, **opts)
-  if config.reader in ('tsv', 'csv'):
-    return readers.read_delimited(path, labels, delimiter='\t' if config.reader == 'tsv' else ',',
-                                  **opts)
-  if config.reader == 'label_first':
-    return readers.read_label_first(path, labels, **opts)
-  if config.reader == 'jsonl' and 'source' in config.task_type.fields:
-    return readers.read_jsonl_generation(path, **opts)
-  if config.reader == 'jsonl':
-    return readers.read_jsonl_classification(path, labels, **opts)
-  if config.reader == 'text':
-    text, problems = readers.read_text(path)
-    return [{'text': text}], problems
-  raise ValueError(f'unknown reader {config.reader!r}')
+  return readers.read(config.reader, config.task_type.fields, path, config.labels,
+                      dict(config.options))
 
 
 def holdout_split(rows: list, fraction: float, seed: int, whole_text: bool) -> tuple[list, list]:

@@ -4,19 +4,23 @@ Each reader returns canonical examples plus a `Problems` tally: a bad row is ski
 counted, never fatal. Only a file that is unusable as a whole (missing, or without one
 valid row) raises `DataError`, whose one-line message names the file and the first bad line.
 
-Canonical examples by head:
-  classification {'text': str, 'label': str}
+Canonical examples by task type:
+  classification {'text': str, 'label': str}          (regression: the label is a number)
   tagging        {'words': [str], 'tags': [str]}
   generation     {'source': str, 'targets': [str]}   (targets[0] trains; all are references)
   lm             {'text': str}
+
+`READERS` names the formats a task reads its files in (`read(name, fields, ...)`), with
+the options each takes.
 """
 
 import collections
 import csv
 import dataclasses
+import functools
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from bloom_jax.errors import DataError
 
@@ -234,3 +238,62 @@ def read_text(path: str) -> tuple[str, Problems]:
   if not text.strip():
     raise DataError(f'{path}: no text')
   return text, problems
+
+
+def read_text_rows(path: str, labels: Sequence[str] | None = None) -> tuple[list, Problems]:
+  """The whole file as one document (lm)."""
+  del labels
+  text, problems = read_text(path)
+  return [{'text': text}], problems
+
+
+def read_jsonl_references(path: str, labels: Sequence[str] | None = None,
+                          **options) -> tuple[list, Problems]:
+  """`read_jsonl_generation` called as the other readers are (generation has no labels)."""
+  del labels
+  return read_jsonl_generation(path, **options)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reader:
+  """One file format for one kind of example: the canonical fields its rows have, and the
+  options (keyword arguments of `read`) it needs or takes."""
+
+  read: Callable                 # (path, labels, **options) -> (rows, Problems)
+  fields: frozenset
+  required: tuple = ()
+  optional: tuple = ()
+  lists: tuple = ()              # options that hold a list of names (a single name is one)
+
+
+_LABELLED = frozenset({'text', 'label'})
+
+# Reader name -> its variants, told apart by the fields of the task type that reads them.
+READERS: dict[str, tuple[Reader, ...]] = {
+    'conllu': (Reader(read_conllu, frozenset({'words', 'tags'}), optional=('column',)),),
+    'tsv': (Reader(functools.partial(read_delimited, delimiter='\t'), _LABELLED,
+                   required=('text_column', 'label_column')),),
+    'csv': (Reader(functools.partial(read_delimited, delimiter=','), _LABELLED,
+                   required=('text_column', 'label_column')),),
+    'label_first': (Reader(read_label_first, _LABELLED, optional=('label_sep',)),),
+    'jsonl': (Reader(read_jsonl_classification, _LABELLED, required=('text_field', 'label_field')),
+              Reader(read_jsonl_references, frozenset({'source', 'targets'}),
+                     required=('source_field', 'target_fields'), lists=('target_fields',))),
+    'text': (Reader(read_text_rows, frozenset({'text'})),),
+}
+
+
+def reader_for(name: str, fields) -> Reader | None:
+  """The `name` reader whose rows have exactly `fields` (a task type's), or None."""
+  return next((r for r in READERS.get(name, ()) if r.fields == frozenset(fields)), None)
+
+
+def read(name: str, fields, path: str, labels: Sequence[str] | None,
+         options: dict) -> tuple[list, Problems]:
+  """Rows of one file in the `name` format, as a task type with `fields` has them."""
+  reader = reader_for(name, fields)
+  if reader is None:
+    raise ValueError(f'no {name!r} reader gives rows with fields {sorted(fields)}')
+  options = {k: (v,) if k in reader.lists and isinstance(v, str) else v
+             for k, v in options.items()}
+  return reader.read(path, labels, **options)
