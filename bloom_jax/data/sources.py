@@ -12,6 +12,7 @@ import hashlib
 import os
 from collections.abc import Callable
 
+from bloom_jax.data import readers
 from bloom_jax.data.readers import DataError, Problems
 
 
@@ -80,11 +81,12 @@ class Synthetic:
 
 @dataclasses.dataclass(frozen=True)
 class Local:
-  """Files under `data.dir`, read by `builders.LocalFiles`; see `builders.LocalConfig`."""
+  """Files read by `builders.LocalFiles`; see `builders.LocalConfig`. Relative paths are
+  under `data.dir`."""
 
   task_type: object            # a `bloom_jax.task_types` type: the fields examples have
-  reader: str
-  files: tuple                # ((split, path relative to data.dir), ...)
+  reader: str                  # a `readers.READERS` name
+  files: tuple                 # ((split, path), ...)
   options: tuple = ()
   holdout: float = 0.0
   holdout_seed: int = 0
@@ -103,17 +105,36 @@ class Local:
       parts.append(f'{os.path.abspath(path)}:{st and st.st_size}:{st and st.st_mtime_ns}')
     return 'local/' + hashlib.sha256('\n'.join(parts).encode()).hexdigest()[:16]
 
-  def load(self, name: str, data_dir: str, tfds_dir: str, labels) -> tuple[dict, dict]:
-    if not data_dir:
+  def _existing_paths(self, name: str, data_dir: str) -> tuple:
+    if not data_dir and not all(os.path.isabs(p) for _, p in self.files):
       raise DataError(f'task {name!r} reads local files: set data.dir or $BLOOM_JAX_DATA')
     for _, path in self.paths(data_dir):
       if not os.path.isfile(path):
         raise DataError(f'{path}: file not found (task {name!r}, data.dir={data_dir!r})')
+    return self.paths(data_dir)
+
+  def labels(self, task, data_dir: str) -> tuple[str, ...]:
+    """The sorted set of labels in the training file, for a task that lists none."""
+    path = dict(self._existing_paths(task.name, data_dir))['train']
+    rows, _ = readers.read(self.reader, self.task_type.fields, path, None, dict(self.options))
+    found = set()
+    for row in rows:
+      cleaned = self.task_type.clean(task, row)
+      if isinstance(cleaned, dict):
+        found.update(self.task_type.labels_of(cleaned))
+    if not found:
+      raise DataError(f'{path}: no labels to learn (task {task.name!r})')
+    return tuple(sorted(found))
+
+  def load(self, name: str, data_dir: str, tfds_dir: str, labels) -> tuple[dict, dict]:
+    paths = self._existing_paths(name, data_dir)
     from bloom_jax.data import builders
+    # The readers count rows with labels outside `labels`: other labels, another dataset.
+    key = hashlib.sha256(repr((self.fingerprint(data_dir), labels)).encode()).hexdigest()[:16]
     config = builders.LocalConfig(
-        name=f'{name}_{self.fingerprint(data_dir)[6:]}', task_type=self.task_type,
-        reader=self.reader, files=self.paths(data_dir), labels=labels, options=self.options,
-        holdout=self.holdout, holdout_seed=self.holdout_seed)
+        name=f'{name}_{key}', task_type=self.task_type, reader=self.reader, files=paths,
+        labels=labels, options=self.options, holdout=self.holdout,
+        holdout_seed=self.holdout_seed)
     builder = builders.LocalFiles(config=config, data_dir=tfds_dir)
     builder.download_and_prepare()
     rows = {s: [_decode(r) for r in rs] for s, rs in _read_all(
