@@ -3,16 +3,24 @@
 A `TaskSpec` declares what a task is: its source, its type (`bloom_jax.task_types`: the
 featurizer, head, loss, metrics and prediction format that kind of example has), labels,
 preprocessing and length limits. The config's `tasks.<name>` entries pick registered
-tasks and set how they train together (rate, loss weight, lengths, attention mode).
-`configure` validates that once, at start-up, with errors naming the config key.
+tasks, or declare new ones on local files (`type`, `reader`, `files`, ...), and set how
+they train together (rate, loss weight, lengths, attention mode). `configure` validates
+that once, at start-up, with errors naming the config key. `config.task_modules` names
+Python files that register more tasks or task types (`load_modules`); `resolve` imports
+them and completes the config so that the copy saved with a run rebuilds its tasks.
 """
 
 import dataclasses
+import hashlib
+import importlib.util
+import os
+import re
+import sys
 
 import numpy as np
 
 from bloom_jax import task_types
-from bloom_jax.data import sources
+from bloom_jax.data import readers, sources
 from bloom_jax.data import synthetic as syn
 from bloom_jax.errors import ConfigError
 from bloom_jax.layers import ATTENTION_MODES
@@ -115,31 +123,210 @@ REGISTRY: dict[str, TaskSpec] = {t.name: t for t in [
 ]}
 
 CONFIG_KEYS = ('rate', 'loss_weight', 'max_length', 'max_target_length', 'stopwords',
-               'attention')
+               'attention', 'labels')
+FIELD_TYPES = {'rate': (int, float), 'loss_weight': (int, float), 'max_length': (int,),
+               'max_target_length': (int,), 'stopwords': (bool,), 'attention': (str,)}
+# The keys that declare a task in the config alone (`type`, `reader` and `files` required).
+DECLARE_KEYS = ('type', 'reader', 'files', 'options', 'holdout', 'holdout_seed', 'description')
+SPLITS = ('train', 'validation', 'test')
+_NAME = re.compile(r'[A-Za-z][A-Za-z0-9_]*')
 
 
-def configure(tasks_config) -> dict[str, TaskSpec]:
-  """The registry entries named in `config.tasks`, with their config fields applied."""
+def configure(tasks_config, data_dir: str | None = None) -> dict[str, TaskSpec]:
+  """The tasks `config.tasks` names, registered or declared there, with its fields applied.
+
+  A labelled task that lists no labels gets those of its training file when `data_dir` is
+  given (`resolve` does this once, and writes them into the config).
+  """
   out = {}
   for name, cfg in tasks_config.items():
     key = f'tasks.{name}'
-    if name not in REGISTRY:
-      raise ConfigError(f'{key}: unknown task; registered: {", ".join(sorted(REGISTRY))}')
-    unknown = set(cfg) - set(CONFIG_KEYS)
+    cfg = dict(cfg)
+    declared = 'type' in cfg
+    if not declared:
+      _check_registered(name, key)
+    known = CONFIG_KEYS + (DECLARE_KEYS if declared else ())
+    unknown = set(cfg) - set(known)
     if unknown:
-      raise ConfigError(f'{key}: unknown field(s) {sorted(unknown)}; known: {CONFIG_KEYS}')
-    spec = dataclasses.replace(REGISTRY[name], **dict(cfg))
+      raise ConfigError(f'{key}: unknown field(s) {sorted(unknown)}; known: {known}')
+    base = _declared(name, cfg, key) if declared else REGISTRY[name]
+    fields = {k: v for k, v in cfg.items() if k in CONFIG_KEYS and v is not None}
+    _check_types(fields, key)
+    if 'labels' in fields:
+      fields['labels'] = _labels(base.type, fields['labels'], f'{key}.labels')
+    spec = dataclasses.replace(base, **fields)
     if spec.rate < 0 or spec.loss_weight < 0:
       raise ConfigError(f'{key}: rate and loss_weight must be >= 0')
     if spec.max_length < 4:
       raise ConfigError(f'{key}.max_length: {spec.max_length} leaves no room for text')
     if spec.attention not in ATTENTION_MODES:
       raise ConfigError(f'{key}.attention: {spec.attention!r} is not one of {ATTENTION_MODES}')
+    if spec.type.needs_labels and not spec.labels and hasattr(spec.source, 'labels'):
+      if data_dir is None:
+        raise ConfigError(f'{key}.labels: not given, and not read from the training file yet '
+                          '(runs.prepare_data reads them)')
+      spec = dataclasses.replace(spec, labels=spec.source.labels(spec, data_dir))
     spec.type.check(spec, key)
     out[name] = spec
   if not out:
     raise ConfigError('tasks: the mixture names no task')
   return out
+
+
+def _check_types(fields: dict, key: str) -> None:
+  for field, kinds in FIELD_TYPES.items():
+    value = fields.get(field)
+    if value is not None and (not isinstance(value, kinds) or
+                              (isinstance(value, bool) and bool not in kinds)):
+      raise ConfigError(f'{key}.{field}: expected {" or ".join(k.__name__ for k in kinds)}, '
+                        f'got {value!r}')
+
+
+def _check_registered(name: str, key: str) -> None:
+  if name not in REGISTRY:
+    raise ConfigError(f'{key}: unknown task; registered: {", ".join(sorted(REGISTRY))} '
+                      '(or declare one: give its type, reader and files)')
+
+
+def _declared(name: str, cfg: dict, key: str) -> TaskSpec:
+  """A task the config declares: local files of a registered task type."""
+  if name in REGISTRY:
+    raise ConfigError(f'{key}.type: {name} is a registered task; declare yours under '
+                      'another name')
+  if not _NAME.fullmatch(name):
+    raise ConfigError(f'{key}: a declared task needs a name of letters, digits and _ '
+                      '(it names files and metrics)')
+  for field in ('reader', 'files'):
+    if field not in cfg:
+      raise ConfigError(f'{key}.{field}: required to declare a task')
+  task_type = task_types.get(str(cfg['type']), f'{key}.type')
+  if not isinstance(cfg['reader'], str) or cfg['reader'] not in readers.READERS:
+    raise ConfigError(f'{key}.reader: {cfg["reader"]!r} is not one of '
+                      f'{", ".join(readers.READERS)}')
+  reader = readers.reader_for(cfg['reader'], task_type.fields)
+  if reader is None:
+    fit = [n for n in readers.READERS if readers.reader_for(n, task_type.fields)]
+    raise ConfigError(f'{key}.reader: {cfg["reader"]!r} does not read {task_type.name} '
+                      f'examples; use one of: {", ".join(fit) or "none"}')
+  files = _files(cfg['files'], f'{key}.files')
+  options = _options(reader, cfg['reader'], cfg.get('options') or {}, f'{key}.options')
+  holdout, seed = cfg.get('holdout', 0.0), cfg.get('holdout_seed', 0)
+  if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0 <= holdout < 1:
+    raise ConfigError(f'{key}.holdout: a fraction of train in [0, 1), got {holdout!r}')
+  if holdout and 'validation' in dict(files):
+    raise ConfigError(f'{key}.holdout: the task has a validation file already')
+  if isinstance(seed, bool) or not isinstance(seed, int):
+    raise ConfigError(f'{key}.holdout_seed: an integer, got {seed!r}')
+  source = sources.Local(task_type, cfg['reader'], files, options, float(holdout), seed)
+  return TaskSpec(name, task_type, source, description=str(cfg.get('description', '')))
+
+
+def _files(files, key: str) -> tuple:
+  """((split, path), ...) in SPLITS order, from {split: path}."""
+  if not hasattr(files, 'items'):
+    raise ConfigError(f'{key}: a mapping of split to file path, got {files!r}')
+  files = dict(files)
+  for split, path in files.items():
+    if split not in SPLITS:
+      raise ConfigError(f'{key}.{split}: not a split; splits are {", ".join(SPLITS)}')
+    if not isinstance(path, str) or not path:
+      raise ConfigError(f'{key}.{split}: a file path, got {path!r}')
+  if 'train' not in files:
+    raise ConfigError(f'{key}.train: required (a task trains on its train file)')
+  return tuple((s, files[s]) for s in SPLITS if s in files)
+
+
+def _options(reader, reader_name: str, options, key: str) -> tuple:
+  """The reader's options as sorted ((name, value), ...): lists become tuples, so a config
+  read back from JSON gives the same source (and the same data fingerprint)."""
+  if not hasattr(options, 'items'):
+    raise ConfigError(f'{key}: a mapping of option to value, got {options!r}')
+  options = dict(options)
+  takes = reader.required + reader.optional
+  unknown = sorted(set(options) - set(takes))
+  if unknown:
+    raise ConfigError(f'{key}.{unknown[0]}: the {reader_name} reader takes '
+                      f'{", ".join(takes) or "no options"}')
+  missing = [o for o in reader.required if o not in options]
+  if missing:
+    raise ConfigError(f'{key}.{missing[0]}: the {reader_name} reader needs '
+                      f'{", ".join(reader.required)}')
+  out = []
+  for name, value in sorted(options.items()):
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value) and value:
+      value = tuple(value)
+    elif not isinstance(value, str | int) or isinstance(value, bool):
+      raise ConfigError(f'{key}.{name}: a name, a number or a list of names, got {value!r}')
+    out.append((name, value))
+  return tuple(out)
+
+
+def _labels(task_type, labels, key: str) -> tuple[str, ...]:
+  if not task_type.needs_labels:
+    raise ConfigError(f'{key}: {task_type.name} tasks take no labels')
+  if isinstance(labels, str) or not isinstance(labels, list | tuple) or not labels:
+    raise ConfigError(f'{key}: a list of label names, got {labels!r}')
+  if not all(isinstance(x, str | int) and not isinstance(x, bool) for x in labels):
+    raise ConfigError(f'{key}: label names are strings, got {labels!r}')
+  labels = tuple(str(x) for x in labels)
+  if len(set(labels)) < len(labels):
+    raise ConfigError(f'{key}: a label is listed twice in {list(labels)}')
+  return labels
+
+
+_MODULES: dict[str, object] = {}   # absolute path -> module, imported once per process
+
+
+def load_modules(paths: str) -> tuple[str, ...]:
+  """Imports the comma-separated Python files of `task_modules` (absolute, or relative to
+  the working directory), each once per process; returns their absolute paths.
+
+  Such a module defines tasks in code: it adds `TaskSpec`s to `REGISTRY`, or a new type to
+  `task_types.TYPES`, which config entries may then name.
+  """
+  if not isinstance(paths, str):
+    raise ConfigError(f'task_modules: comma-separated Python file paths, got {paths!r}')
+  out = []
+  for path in (p.strip() for p in paths.split(',')):
+    if not path:
+      continue
+    full = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(full):
+      raise ConfigError(f'task_modules: {path}: no such file (relative paths start at the '
+                        f'working directory, {os.getcwd()})')
+    if full not in _MODULES:
+      name = 'bloom_jax_task_module_' + hashlib.sha256(full.encode()).hexdigest()[:12]
+      module_spec = importlib.util.spec_from_file_location(name, full)
+      if module_spec is None:
+        raise ConfigError(f'task_modules: {path}: not a Python file (.py)')
+      module = importlib.util.module_from_spec(module_spec)
+      sys.modules[name] = module   # dataclasses and pickling look their module up there
+      try:
+        module_spec.loader.exec_module(module)
+      except BaseException:
+        del sys.modules[name]
+        raise
+      _MODULES[full] = module
+    out.append(full)
+  return tuple(out)
+
+
+def resolve(config, data_dir: str) -> dict[str, TaskSpec]:
+  """The run's tasks, with `config` completed in place so that the config saved with its
+  checkpoints rebuilds the same tasks in any later process: `task_modules` imported and
+  made absolute, and the labels read from a training file written to `tasks.<name>.labels`
+  (their order is the head's)."""
+  paths = load_modules(config.get('task_modules', ''))
+  specs = configure(config.tasks, data_dir)
+  with config.unlocked():
+    if 'task_modules' in config:
+      config.task_modules = ','.join(paths)
+    for name, spec in specs.items():
+      cfg = config.tasks[name]
+      listed = cfg.get('labels') or ('type' not in cfg and REGISTRY[name].labels)
+      if spec.labels and not listed:
+        cfg.labels = list(spec.labels)
+  return specs
 
 
 def mixture_rates(mode: str, rates: dict[str, float], sizes: dict[str, int],

@@ -40,6 +40,9 @@ def get_config(arg=None):
   c.tokenizer.vocab_size = 512
   c.tokenizer.train_on = ''        # tasks whose text trains the BPE ('': the mixture's)
 
+  c.task_modules = ''              # Python files (comma-separated) that register tasks or task
+                                   #   types, imported first (docs/data.md, "Adding a task")
+
   # Tasks of the mixture: the registry (bloom_jax/tasks.py) declares them; these
   # fields set how they train together.
   c.tasks = ml_collections.ConfigDict()
