@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bloom_jax import runs, sharding, steps, task_types, tasks
+from bloom_jax import flops, runs, sharding, steps, task_types, tasks
 from configs import seed as seed_config
 
 # ------------------------------------------------------------------------------ timers
@@ -202,9 +202,8 @@ def abstract_batch(batch: dict, mesh) -> dict:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=spec), batch)
 
 
-def train_flops_per_step(cfg, batch: int, seq: int) -> float:
-  tokens = batch * seq
-  return 6 * cfg.num_params * tokens + 12 * cfg.n_layer * cfg.hidden_size * seq * tokens
+# The model-FLOP count behind MFU, shared with `bloom_jax.plan`'s projections.
+train_flops_per_step = flops.train_flops_per_step
 
 
 def bench_train(config, vocab: int, batch_size: int, seq: int, steps_: int, mesh,
