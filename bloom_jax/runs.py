@@ -17,7 +17,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from bloom_jax import checkpointing, compat, config_lib, hf, optim, sharding, steps, tasks
+from bloom_jax import checkpointing, compat, config_lib, hf, optim, sharding, steps
 from bloom_jax.data import pipeline
 from bloom_jax.model import BloomConfig
 from bloom_jax.multitask_model import MultiTaskModel
@@ -104,11 +104,10 @@ def prepare_data(config, workdir: str, mesh) -> pipeline.Pipeline:
   """The run's data. Process 0 prepares it (tokenizer, examples) first; the others then
   read its cache instead of racing to write the same files.
 
-  First `tasks.resolve` imports the config's `task_modules` and completes `config` in place
-  (module paths made absolute, labels read from training files written in), so that the
+  The pipeline completes `config` in place (`tasks.resolve`: task modules imported and
+  their paths made absolute, labels read from training files written in), so that the
   config a run saves rebuilds the same tasks when it resumes, is evaluated or predicts.
   """
-  tasks.resolve(config, pipeline.data_dir(config))
   multiple = sharding.data_parallel_size(mesh) * config.optimizer.grad_accum
   pipe = None
   if jax.process_index() == 0:

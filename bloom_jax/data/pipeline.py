@@ -170,7 +170,8 @@ class Pipeline:
     self.seed = int(config.seed)
     self.data_dir, self.tfds_dir = data_dir(config), tfds_dir(config)
     self.prepared_dir = os.path.join(self.tfds_dir, 'bloom_jax_prepared')
-    specs = tasks_lib.configure(config.tasks)
+    # Also completes `config` (task modules, labels read from files): see tasks.resolve.
+    specs = tasks_lib.resolve(config, self.data_dir)
     self._raw = {}
     with exclusive(self.prepared_dir):
       self.tokenizer = self._load_tokenizer(specs, config.tokenizer, workdir)
@@ -316,11 +317,12 @@ def _tokenizer_specs(specs: dict, train_on: str) -> dict:
   """The tasks whose training text trains the BPE: the mixture's, or those `train_on` names
   (so a single-task run can share the mixture's tokenizer)."""
   names = [n.strip() for n in train_on.split(',') if n.strip()]
+  known = {**tasks_lib.REGISTRY, **specs}  # registered tasks and this config's own
   for name in names:
-    if name not in tasks_lib.REGISTRY:
-      raise DataError(f'tokenizer.train_on: unknown task {name!r}; registered: '
-                      f'{", ".join(sorted(tasks_lib.REGISTRY))}')
-  return {n: specs.get(n, tasks_lib.REGISTRY[n]) for n in names} if names else specs
+    if name not in known:
+      raise DataError(f'tokenizer.train_on: unknown task {name!r}; known: '
+                      f'{", ".join(sorted(known))}')
+  return {n: known[n] for n in names} if names else specs
 
 
 def _shard(n: int, process_index: int, process_count: int) -> tuple[int, int]:
