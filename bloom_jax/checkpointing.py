@@ -7,6 +7,7 @@ the *current* mesh, so a checkpoint written on one mesh shape restores on anothe
 
 import contextlib
 import json
+import math
 import os
 import re
 
@@ -43,13 +44,19 @@ class Checkpointer:
   def __init__(self, workdir: str, *, keep: int, best_metric: str = '', best_mode: str = 'max',
                create: bool = True):
     policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+    rank = None
     if best_metric:
+      worst = math.inf if best_mode == 'min' else -math.inf  # {}: saved without an evaluation
+      rank = lambda metrics: metrics.get(best_metric, worst)
       policies.append(ocp.checkpoint_managers.BestN(
-          get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == 'min', n=1,
+          get_metric_fn=rank, reverse=best_mode == 'min', n=1,
           keep_checkpoints_without_metrics=False))
+    # `best_fn` only makes Orbax write each step's metrics to disk (the policies above
+    # decide what is kept): without it they live in memory, and a resumed run would
+    # delete the best checkpoint at its first save.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=True, create=create)
+        best_fn=rank, best_mode=best_mode, enable_async_checkpointing=True, create=create)
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     if not create and not os.path.isdir(self.directory):
       raise FileNotFoundError(f'{workdir}: no checkpoints (train first with bloom_jax.train)')
@@ -74,8 +81,8 @@ class Checkpointer:
     into place once all of it is on disk, and deletes old steps only after that, so the
     earlier checkpoints stay whole and the next start resumes from the newest of them.
     """
-    if metrics is not None and self.best_metric not in metrics:
-      metrics = None
+    if self.best_metric and (metrics is None or self.best_metric not in metrics):
+      metrics = {}  # ranks last; None would leave the step out of best-keeping's records
     with self._write_errors(step):
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
