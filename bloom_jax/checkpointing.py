@@ -1,8 +1,9 @@
 """Orbax checkpoints of a run: train state, input position and config, saved together.
 
 Saves are asynchronous; the newest `keep` checkpoints are kept, plus the best one by a
-validation metric. Restoring goes into an abstract target that carries the shardings of
-the *current* mesh, so a checkpoint written on one mesh shape restores on another.
+validation metric (`BestRecord` says which, in DIR/best.json). Restoring goes into an
+abstract target that carries the shardings of the *current* mesh, so a checkpoint written
+on one mesh shape restores on another.
 """
 
 import contextlib
@@ -14,6 +15,8 @@ import re
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from bloom_jax.errors import ConfigError
 
 # tensorstore reports e.g. "... File too large [os_error_code='27'] ..." amid kilobytes of specs.
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
@@ -76,6 +79,10 @@ class Checkpointer:
   def save(self, step: int, state, data_state: dict, config_json: str, metrics=None) -> None:
     """Starts writing `step` in the background; raises CheckpointWriteError if this or the
     previous asynchronous write failed.
+
+    Of the saves that carry `metrics` (with `best_metric` among them), the best one is kept
+    beside the newest `keep`. The trainer passes metrics only where an evaluation improved
+    on every earlier one (`BestRecord.update`), so the step kept is the one best.json names.
 
     A failed write leaves only `<step>.orbax-checkpoint-tmp` behind: Orbax renames a step
     into place once all of it is on disk, and deletes old steps only after that, so the
@@ -190,6 +197,85 @@ class Checkpointer:
       self.manager.close()
     except Exception as e:  # noqa: BLE001 - already raised by save() or wait() when it mattered
       logging.warning('Closing the checkpoints in %s: %s', self.directory, e)
+
+
+BEST_FILE = 'best.json'
+
+
+def read_best(workdir: str) -> dict | None:
+  """DIR/best.json (see BestRecord), or None when the run has recorded no best."""
+  try:
+    with open(os.path.join(workdir, BEST_FILE), encoding='utf-8') as f:
+      best = json.load(f)
+  except FileNotFoundError:
+    return None
+  return best if best.get('step') is not None else None
+
+
+class BestRecord:
+  """The run's best evaluation by `metric` ('max' or 'min' `mode`), judged at every
+  evaluation, and DIR/best.json, which records it for `bloom_jax.evaluate --step best` and
+  the end-of-run summary:
+
+    {"metric": ..., "mode": ..., "step": 1000, "value": 0.81,
+     "metrics": {every metric of that evaluation}, "improvements": [[step, value], ...]}
+
+  The trainer saves a checkpoint at every improvement, so the step named has one.
+  `improvements` (oldest first) lets a resumed run forget the ones after the checkpoint it
+  resumed from: it evaluates those steps again.
+  """
+
+  def __init__(self, workdir: str, metric: str, mode: str):
+    self.path = os.path.join(workdir, BEST_FILE)
+    self.metric, self.mode = metric, mode
+    self.improvements: list[tuple[int, float]] = []
+    self.metrics: dict[str, float] = {}
+
+  @classmethod
+  def resume(cls, workdir: str, metric: str, mode: str, up_to_step: int) -> 'BestRecord':
+    """The record as of `up_to_step` (the step the run resumes from)."""
+    record = cls(workdir, metric, mode)
+    saved = read_best(workdir)
+    if saved is None or (saved.get('metric'), saved.get('mode')) != (metric, mode):
+      return record  # none yet, or judged by another metric: start afresh
+    record.improvements = [(int(s), float(v)) for s, v in saved.get('improvements', [])
+                           if s <= up_to_step]
+    if record.step == saved['step']:
+      record.metrics = dict(saved.get('metrics', {}))
+    elif record.step is not None:  # the later improvements will be evaluated again
+      record.metrics = {metric: record.value}
+    return record
+
+  @property
+  def step(self) -> int | None:
+    return self.improvements[-1][0] if self.improvements else None
+
+  @property
+  def value(self) -> float | None:
+    return self.improvements[-1][1] if self.improvements else None
+
+  def update(self, step: int, metrics: dict[str, float]) -> bool:
+    """Judges the evaluation at `step`; True (and recorded) if it beats every earlier one."""
+    if self.metric not in metrics:
+      raise ConfigError(f'best_metric: the evaluation at step {step} has no {self.metric!r} '
+                        f'(it has {", ".join(sorted(metrics))})')
+    value = float(metrics[self.metric])
+    better = (self.value is None or (value > self.value if self.mode == 'max'
+                                     else value < self.value))
+    if not (math.isfinite(value) and better):
+      return False
+    self.improvements.append((step, value))
+    self.metrics = dict(metrics)
+    return True
+
+  def write(self) -> None:
+    """Replaces best.json in one rename: readers never see half of it."""
+    record = {'metric': self.metric, 'mode': self.mode, 'step': self.step, 'value': self.value,
+              'metrics': self.metrics, 'improvements': self.improvements}
+    tmp = f'{self.path}.tmp-{os.getpid()}'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump(record, f, indent=2)
+    os.replace(tmp, self.path)
 
 
 def abstract_like(tree, shardings):

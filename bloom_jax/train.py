@@ -7,7 +7,8 @@ r"""Multi-task training of a BLOOM trunk: the main job.
 Rerunning the same command on the same workdir resumes exactly where it stopped
 (parameters, optimizer, step and input position come from the newest checkpoint).
 Read top to bottom: config, mesh, data, model and optimizer, sharding, restore, step,
-loop (log, evaluate, checkpoint).
+loop (log, evaluate, checkpoint), end of the run (test split, summary). What it prints
+lives in bloom_jax/reporting.py.
 """
 
 import contextlib
@@ -23,8 +24,17 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bloom_jax import checkpointing, cli, config_lib, evaluation, runs, sharding, workdir_lock
-from bloom_jax.errors import NonFiniteError
+from bloom_jax import (
+  checkpointing,
+  cli,
+  config_lib,
+  evaluation,
+  reporting,
+  runs,
+  sharding,
+  workdir_lock,
+)
+from bloom_jax.errors import ConfigError, NonFiniteError
 
 FLAGS = flags.FLAGS
 
@@ -34,19 +44,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with contextlib.ExitStack() as cleanup:
     # ---------------------------------------------------------------------- config, mesh
     config_lib.validate(config)
+    _check_run_keys(config)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
+    is_chief = jax.process_index() == 0
+    if is_chief:
       cleanup.callback(workdir_lock.acquire(workdir).release)
     mesh = sharding.make_mesh(config.mesh)
-    is_chief = jax.process_index() == 0
     ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
                                       best_metric=config.get('best_metric', ''),
                                       best_mode=config.get('best_mode', 'max'))
     cleanup.callback(ckpt.close)  # also on errors: in-flight saves of good states finish
 
     # ---------------------------------------------------------------------- input
-    pipe = runs.prepare_data(config, workdir, mesh)
+    pipe = runs.prepare_data(config, workdir, mesh)  # also completes the config's tasks
+    _check_best_metric(config, pipe)
+    console = reporting.Console(config.total_steps, enabled=is_chief)
+    if is_chief:
+      path = reporting.write_config(workdir, config)
+      console.print(f'Config (saved to {path}):\n' + reporting.config_text(config))
 
     # ---------------------------------------------------------------------- model, step
     setup = runs.build(config, pipe.tasks, pipe.tokenizer.vocab_size, mesh)
@@ -63,20 +79,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start = int(jax.device_get(state['step']))
     evaluator = evaluation.Evaluator(config, pipe, setup.graphdef, setup.abstract_state, mesh)
 
+    # ---------------------------------------------------------------------- best, early stop
+    # "Best" is judged at every evaluation; an improvement is saved at once, whether or not
+    # a checkpoint falls on that step.
+    best, patience = None, config.get('early_stop_patience', 0)
+    if config.get('best_metric'):
+      best = checkpointing.BestRecord.resume(workdir, config.best_metric, config.best_mode, start)
+      if is_chief and os.path.exists(best.path):
+        best.write()  # without the improvements past `start`, which will be evaluated again
+    stale = _evaluations_after(config, best.step or 0, start) if best is not None else 0
+    stopped_early = bool(patience) and stale >= patience  # also when rerun after stopping
+    last_step = start if stopped_early else config.total_steps
+
     # ---------------------------------------------------------------------- loop
     writer = _summary_writer(workdir, is_chief) if config.get('tensorboard', True) else None
-    metrics_file = None
-    if is_chief:
-      metrics_file = cleanup.enter_context(open(os.path.join(workdir, 'metrics.jsonl'), 'a'))
-    progress = _Progress(start, config.total_steps)
-    preempted = _PreemptionFlag()
-    sums, last_line, window_start = None, {}, (start, time.time())
+    metrics_path = os.path.join(workdir, 'metrics.jsonl')
+    final_eval = reporting.last_evaluation(metrics_path, start) if is_chief else {}
+    metrics_file = cleanup.enter_context(open(metrics_path, 'a')) if is_chief else None
+    preempted, was_preempted = _PreemptionFlag(), False
+    sums, train_line, last_line, window_start = None, {}, {}, (start, time.time())
+    console.start(start)
 
-    def save(step, eval_metrics=None):
+    def save(step, best_metrics=None):
       _check_finite(state, setup.tasks, config)
-      ckpt.save(step, state, train_iter.get_state(), config.to_json(), eval_metrics)
+      ckpt.save(step, state, train_iter.get_state(), config.to_json(), best_metrics)
 
-    for step in range(start + 1, config.total_steps + 1):
+    for step in range(start + 1, last_step + 1):
       local_batch = next(train_iter)
       batch = sharding.global_batch(local_batch, mesh)
       state, metrics = setup.train_step(state, batch)
@@ -94,24 +122,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         line['skipped'] = round(line['skipped'] * n)
         _check_finite(state, setup.tasks, config)
         sums, window_start = None, (step, time.time())
-        last_line = _write(writer, metrics_file, line)
+        last_line = train_line = _write(writer, metrics_file, line)
 
-      eval_metrics = None
+      eval_metrics, improved = None, False
       if step % config.eval_every == 0 or step == config.total_steps:
         eval_metrics = evaluator.evaluate(state['params'], 'validation')
-        last_line = _write(writer, metrics_file, {'step': step, **eval_metrics})
-      if step % config.checkpoint_every == 0 or step == config.total_steps:
-        save(step, eval_metrics)
-      progress.update(step, last_line)
+        last_line = final_eval = _write(writer, metrics_file, {'step': step, **eval_metrics})
+        if best is not None:
+          improved = best.update(step, eval_metrics)
+          stale = 0 if improved else stale + 1
+          stopped_early = bool(patience) and stale >= patience
+        console.print(reporting.evaluation_text(step, eval_metrics, best, improved, stale,
+                                                patience))
+      if (improved or stopped_early or step % config.checkpoint_every == 0
+          or step == config.total_steps):
+        save(step, eval_metrics if improved else None)
+        if improved and is_chief:
+          best.write()
+      console.progress(step, train_line.get('loss'), train_line.get('steps_per_s'),
+                       force=stopped_early)
+      if stopped_early:
+        break
       if preempted.is_set():
+        console.end_line()
         logging.warning('SIGTERM received: saving step %d and exiting.', step)
         if ckpt.latest_step() != step:
           save(step)
+        was_preempted = True
         break
 
     ckpt.wait()
     if writer:
       writer.flush()
+    final_step = int(jax.device_get(state['step']))
+    if was_preempted:
+      console.print(f'Stopped at step {final_step} (SIGTERM), checkpoint saved: run the same '
+                    'command again to resume.')
+      return last_line
+
+    # ---------------------------------------------------------------------- end of the run
+    test = None
+    if config.get('eval_test_at_end', False):
+      test_step = best.step if best is not None and best.step is not None else final_step
+      test = _evaluate_test_split(evaluator, ckpt, setup, state, final_step, test_step,
+                                  workdir if is_chief else None)
+    ending = 'total_steps reached'
+    if stopped_early and final_step < config.total_steps:
+      ending = f'early stop: {config.best_metric} did not improve in {patience} evaluations'
+    console.print(reporting.summary(
+        workdir=workdir, step=final_step, total_steps=config.total_steps, ending=ending,
+        final=final_eval, best=best, test=test,
+        task=best.metric.split('/')[1] if best is not None else next(iter(pipe.tasks), None),
+        tensorboard=config.get('tensorboard', True)))
     return last_line
 
 
@@ -122,6 +184,46 @@ def _tokens(local_batch, nonpad: bool = False) -> int:
   """Token positions one step processes on this host (with `nonpad`: those holding a token)."""
   return sum(int(np.sum(b['segment_ids'] > 0)) if nonpad else int(np.prod(b['input_ids'].shape))
              for b in local_batch.values())
+
+
+def _evaluate_test_split(evaluator, ckpt, setup, state, final_step, step, workdir):
+  """(step, metrics, path) of checkpoint `step` on every task's whole test split; the
+  metrics go to DIR/eval/test_<step>.json when `workdir` is given (process 0)."""
+  params = state['params']
+  if step != final_step:
+    params = ckpt.restore(step, setup.abstract_train_state())[0]['params']
+  results = evaluator.evaluate(params, 'test', max_examples=0, prefix='test')
+  path = reporting.write_eval(workdir, 'test', step, results) if workdir and results else None
+  return step, results, path
+
+
+def _check_run_keys(config) -> None:
+  """The keys only the trainer reads (config_lib.validate checks the shared ones)."""
+  patience = config.get('early_stop_patience', 0)
+  if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
+    raise ConfigError(f'early_stop_patience: must be an integer >= 0 (0: never stop early), '
+                      f'got {patience!r}')
+  if patience and not config.get('best_metric'):
+    raise ConfigError('early_stop_patience: needs best_metric, the metric it watches')
+  if not isinstance(config.get('eval_test_at_end', False), bool):
+    raise ConfigError(f'eval_test_at_end: must be True or False, got {config.eval_test_at_end!r}')
+  metric = config.get('best_metric', '')
+  parts = metric.split('/') if metric else []
+  if metric and (len(parts) != 3 or parts[0] != 'eval' or parts[1] not in config.tasks):
+    raise ConfigError(f'best_metric: must be eval/<task>/<metric> for a task of the run '
+                      f'({", ".join(config.tasks)}), or empty; got {metric!r}')
+
+
+def _check_best_metric(config, pipe) -> None:
+  task = config.get('best_metric', '').split('/')[1:2]
+  if task and not pipe.has_split(task[0], 'validation'):
+    raise ConfigError(f'best_metric: task {task[0]!r} has no validation split to judge it on')
+
+
+def _evaluations_after(config, step: int, until: int) -> int:
+  """How many evaluations the schedule holds in steps (step, until]."""
+  every, total = config.eval_every, config.total_steps
+  return until // every - step // every + (1 if step < total <= until and total % every else 0)
 
 
 def _check_finite(state, tasks, config):
@@ -146,23 +248,6 @@ def _write(writer, metrics_file, line: dict) -> dict:
     metrics_file.write(json.dumps(line) + '\n')
     metrics_file.flush()
   return line
-
-
-class _Progress:
-  """One terminal line with the step, throughput, ETA and the latest losses."""
-
-  def __init__(self, start, total):
-    self.start, self.total, self.t0 = start, total, time.time()
-
-  def update(self, step, line):
-    done = step - self.start
-    rate = done / max(time.time() - self.t0, 1e-9)
-    eta = (self.total - step) / max(rate, 1e-9)
-    loss = f" loss {line['loss']:.4f}" if 'loss' in line else ''
-    print(f'\rstep {step}/{self.total}  {rate:.2f} steps/s  ETA {eta:5.0f}s{loss}', end='',
-          flush=True)
-    if step == self.total:
-      print()
 
 
 class _PreemptionFlag:

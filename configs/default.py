@@ -19,6 +19,10 @@ def get_config(arg=None):
   c.keep_checkpoints = 2           # newest checkpoints kept, besides the best one
   c.best_metric = 'eval/sentiment/accuracy'  # checkpoint kept as "best" ('' disables)
   c.best_mode = 'max'
+  c.early_stop_patience = 0        # stop after this many evaluations without a better
+                                   #   best_metric (0: never stop early)
+  c.eval_test_at_end = False       # at the end, score the best checkpoint (the last without
+                                   #   best_metric) on the tasks' test splits
   c.skip_nonfinite = False         # True: skip an update whose loss/grads are NaN/inf
   c.tensorboard = True             # also write TensorBoard event files (loads TensorFlow)
 
