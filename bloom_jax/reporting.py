@@ -1,10 +1,10 @@
 """What a run tells the person watching it: the resolved config, progress, a table per
-evaluation, and a summary with the next commands at the end.
+evaluation, a summary with the next commands at the end, and a profiler trace on request.
 
 Only process 0 prints. On a terminal the progress is one line redrawn in place (`\r`);
-anywhere else (a pipe, a file, a scheduler's log) it is a plain line at the first log step
-and then every `PLAIN_EVERY_S` seconds, so a log stays readable and no line grows without
-bound.
+anywhere else (a pipe, a file, a scheduler's log) it is a plain line after the first step,
+at the first log step, then every `PLAIN_EVERY_S` seconds and at the last step, so a log
+stays readable and no line grows without bound.
 """
 
 import json
@@ -13,6 +13,10 @@ import os
 import shlex
 import sys
 import time
+
+import jax
+
+from bloom_jax.errors import ConfigError
 
 PLAIN_EVERY_S = 30.0
 
@@ -207,3 +211,52 @@ class Console:
   def _write(self, text: str) -> None:
     self._stream.write(text)
     self._stream.flush()
+
+
+# -------------------------------------------------------------------------- profiling
+
+
+def profile_window(value: str, total_steps: int) -> tuple[int, int] | None:
+  """`profile_steps` ('' or 'FIRST,LAST') as (first, last); ConfigError naming the key."""
+  if not value:
+    return None
+  try:
+    first, last = (int(part) for part in str(value).split(','))
+  except ValueError:
+    first = last = None
+  if first is None or not 1 <= first <= last <= total_steps:
+    raise ConfigError(f"profile_steps: must be 'FIRST,LAST' with 1 <= FIRST <= LAST <= "
+                      f'total_steps ({total_steps}), e.g. \'10,12\'; got {value!r}')
+  return first, last
+
+
+class Trace:
+  """A jax.profiler trace of the steps in `window` (a profile_window), written to
+  `directory`/plugins/profile/<time>/: `<host>.xplane.pb` for TensorBoard's profile tab,
+  `<host>.trace.json.gz` for ui.perfetto.dev. Steps a resumed run has passed are skipped."""
+
+  def __init__(self, window, directory: str, start_step: int):
+    self.directory, self._active = directory, False
+    self.first, self.last = window or (0, -1)
+    self.first = max(self.first, start_step + 1)
+
+  def begin(self, step: int) -> None:
+    if step == self.first and self.first <= self.last:
+      jax.profiler.start_trace(self.directory)
+      self._active = True
+
+  def end(self, step: int, state) -> str | None:
+    """Stops after the window's last step (once its computation is done); returns a line
+    saying where the trace is, or None."""
+    if not (self._active and step == self.last):
+      return None
+    jax.block_until_ready(state)
+    self.stop()
+    return (f'Wrote a profiler trace of steps {self.first}-{self.last} to {self.directory} '
+            f'(tensorboard --logdir {shlex.quote(self.directory)}, Profile tab; or its '
+            '.trace.json.gz in ui.perfetto.dev)')
+
+  def stop(self) -> None:
+    if self._active:
+      self._active = False
+      jax.profiler.stop_trace()

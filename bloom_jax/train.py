@@ -96,6 +96,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     metrics_path = os.path.join(workdir, 'metrics.jsonl')
     final_eval = reporting.last_evaluation(metrics_path, start) if is_chief else {}
     metrics_file = cleanup.enter_context(open(metrics_path, 'a')) if is_chief else None
+    trace = reporting.Trace(reporting.profile_window(config.get('profile_steps', ''),
+                                                     config.total_steps),
+                            os.path.join(workdir, 'profile'), start)
+    cleanup.callback(trace.stop)
     preempted, was_preempted = _PreemptionFlag(), False
     sums, train_line, last_line, window_start = None, {}, {}, (start, time.time())
     console.start(start)
@@ -105,10 +109,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       ckpt.save(step, state, train_iter.get_state(), config.to_json(), best_metrics)
 
     for step in range(start + 1, last_step + 1):
+      trace.begin(step)
       local_batch = next(train_iter)
       batch = sharding.global_batch(local_batch, mesh)
       state, metrics = setup.train_step(state, batch)
       sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+      if message := trace.end(step, state):
+        console.print(message)
 
       if step % config.log_every == 0 or step == config.total_steps:
         elapsed = time.time() - window_start[1]
@@ -173,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         workdir=workdir, step=final_step, total_steps=config.total_steps, ending=ending,
         final=final_eval, best=best, test=test,
         task=best.metric.split('/')[1] if best is not None else next(iter(pipe.tasks), None),
-        tensorboard=config.get('tensorboard', True)))
+        tensorboard=config.get('tensorboard', True) or bool(config.get('profile_steps'))))
     return last_line
 
 
@@ -207,6 +214,7 @@ def _check_run_keys(config) -> None:
     raise ConfigError('early_stop_patience: needs best_metric, the metric it watches')
   if not isinstance(config.get('eval_test_at_end', False), bool):
     raise ConfigError(f'eval_test_at_end: must be True or False, got {config.eval_test_at_end!r}')
+  reporting.profile_window(config.get('profile_steps', ''), config.total_steps)
   metric = config.get('best_metric', '')
   parts = metric.split('/') if metric else []
   if metric and (len(parts) != 3 or parts[0] != 'eval' or parts[1] not in config.tasks):

@@ -178,6 +178,9 @@ def test_a_resumed_run_forgets_improvements_past_its_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize('key, value, message', [
+    ('profile_steps', 'x', "profile_steps: must be 'FIRST,LAST'"),
+    ('profile_steps', '5,3', "profile_steps: must be 'FIRST,LAST'"),
+    ('profile_steps', '3,99', 'profile_steps: .* total_steps \\(8\\)'),
     ('early_stop_patience', -1, 'early_stop_patience: must be an integer >= 0'),
     ('best_metric', 'eval/nosuch/accuracy', 'best_metric: must be eval/<task>/<metric>'),
     ('best_metric', 'sentiment/accuracy', 'best_metric: must be eval/<task>/<metric>'),

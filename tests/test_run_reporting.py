@@ -1,6 +1,6 @@
 """What a training run tells a person: the resolved config (printed and in DIR/config.json),
 progress readable in a pipe, a table per evaluation, the end-of-run summary, the test split
-at the end, and `bloom_jax.evaluate --step best`.
+at the end, a profiler trace, and `bloom_jax.evaluate --step best`.
 
 One piped `python -m bloom_jax.train` run of the tiny config serves most tests.
 """
@@ -27,7 +27,7 @@ def piped_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('piped') / 'run')
   result = subprocess.run(
       [sys.executable, '-m', 'bloom_jax.train', '--config', 'tests/tiny.py',
-       '--workdir', workdir, '--config.eval_test_at_end=True'],
+       '--workdir', workdir, '--config.eval_test_at_end=True', '--config.profile_steps=3,4'],
       cwd=REPO, env=child_env(1), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir, result.stdout, result.stderr
@@ -53,13 +53,12 @@ def test_resolved_config_is_printed_and_saved(piped_run):
   workdir, stdout, _ = piped_run
   with open(os.path.join(workdir, 'config.json')) as f:
     saved = json.load(f)
-  assert saved['total_steps'] == 8
+  assert saved['total_steps'] == 8 and saved['profile_steps'] == '3,4'
   assert saved['eval_test_at_end'] is True and saved['model']['hidden_size'] == 32
   lines = stdout.splitlines()
   assert lines[0].startswith('Config (saved to ') and 'config.json' in lines[0]
   first_step = next(i for i, line in enumerate(lines) if PROGRESS.match(line))
-  printed = set(lines[:first_step])
-  assert {'eval_test_at_end: true', 'total_steps: 8', '  hidden_size: 32'} <= printed
+  assert {'profile_steps: 3,4', 'total_steps: 8', '  hidden_size: 32'} <= set(lines[:first_step])
 
 
 def test_each_evaluation_prints_a_table_of_tasks_by_metrics(piped_run):
@@ -86,7 +85,17 @@ def test_the_end_summarises_metrics_and_the_next_commands(piped_run):
       in summary
   assert f'python -m bloom_jax.evaluate --workdir {workdir} --step best' in summary
   assert f'python -m bloom_jax.predict --workdir {workdir} --task sentiment --text' in summary
-  assert 'tensorboard --logdir' not in summary  # tiny runs write no event files
+  assert f'tensorboard --logdir {workdir}' in summary  # no event files, but the profile
+
+
+def test_profile_steps_write_a_trace(piped_run):
+  workdir, stdout, _ = piped_run
+  runs = os.listdir(os.path.join(workdir, 'profile', 'plugins', 'profile'))
+  [run] = runs
+  files = os.listdir(os.path.join(workdir, 'profile', 'plugins', 'profile', run))
+  assert any(f.endswith('.xplane.pb') for f in files)      # TensorBoard's profile tab
+  assert any(f.endswith('.trace.json.gz') for f in files)  # ui.perfetto.dev
+  assert 'Wrote a profiler trace of steps 3-4' in stdout
 
 
 def test_eval_test_at_end_scores_the_best_checkpoint(piped_run):
