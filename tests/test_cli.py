@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from bloom_jax import cli, config_lib, evaluate, evaluation, hf, predict, train
+from bloom_jax import cli, config_lib, evaluate, evaluation, hf, predict, runs, train
 from tests.tiny import child_env, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def restored(run_dir):
-  return evaluate.load_run(run_dir)
+  return runs.load_run(run_dir)
 
 
 def _cli(*args, cwd=REPO):
@@ -45,10 +45,10 @@ def test_tensorboard_events_hold_the_logged_metrics(run_dir):
 
 
 def test_evaluate_scores_every_task(restored):
-  config, pipe, setup, mesh, params, step = restored
-  assert step == 4
-  evaluator = evaluation.Evaluator(config, pipe, setup.graphdef, setup.abstract_state, mesh)
-  results = evaluator.evaluate(params, 'test', max_examples=8, prefix='test')
+  assert restored.step == 4
+  evaluator = evaluation.Evaluator(restored.config, restored.pipe, restored.setup.graphdef,
+                                   restored.setup.abstract_state, restored.mesh)
+  results = evaluator.evaluate(restored.params, 'test', max_examples=8, prefix='test')
   expected = {'test/sentiment/accuracy', 'test/sentiment/macro_f1', 'test/tagging/word_accuracy',
               'test/summarize/rougeL', 'test/lm/perplexity', 'test/lm/bits_per_byte'}
   assert expected <= set(results)
@@ -58,13 +58,17 @@ def test_evaluate_scores_every_task(restored):
 
 
 def test_predict_answers_for_every_head(restored):
-  _, pipe, setup, mesh, params, _ = restored
-  predictor = predict.Predictor(pipe, setup, mesh, params)
+  pipe, predictor = restored.pipe, predict.Predictor(restored)
+
+  def answers(name, texts, **options):
+    task = pipe.tasks[name]
+    return task.type.predict(predictor, task, texts, **options)
+
   text = 'the big dog sees a happy child .'
-  [cls] = predictor.predict('sentiment', [text])
+  [cls] = answers('sentiment', [text])
   assert cls['label'] in pipe.tasks['sentiment'].labels
   assert abs(sum(cls['probabilities'].values()) - 1) < 1e-4
-  [tags] = predictor.predict('tagging', [text])
+  [tags] = answers('tagging', [text])
   assert [w for w, _ in tags['tags']] == text.split()
   labels = [t for _, t in tags['tags']]
   # Words beyond max_length (24 tokens with this tiny vocabulary) get no tag, and only those.
@@ -72,15 +76,15 @@ def test_predict_answers_for_every_head(restored):
   assert tagged and all(t in pipe.tasks['tagging'].labels for t in tagged)
   assert all(t is None for t in labels[len(tagged):])
   for task in ('summarize', 'lm'):
-    a = predictor.predict(task, [text, 'a dog .'], method='sample', seed=3, temperature=1.0)
-    b = predictor.predict(task, [text, 'a dog .'], method='sample', seed=3, temperature=1.0)
+    a = answers(task, [text, 'a dog .'], method='sample', seed=3, temperature=1.0)
+    b = answers(task, [text, 'a dog .'], method='sample', seed=3, temperature=1.0)
     assert a == b and all(isinstance(p['generated'], str) for p in a)
 
 
 def test_export_loads_in_transformers(restored, run_dir, tmp_path):
   transformers = pytest.importorskip('transformers')
   torch = pytest.importorskip('torch')
-  _, pipe, setup, _, params, _ = restored
+  pipe, setup, params = restored.pipe, restored.setup, restored.params
   result = _cli('bloom_jax.hf', 'export', '--workdir', run_dir, '--hf_dir', 'hf')
   assert result.returncode == 0, result.stderr
   out = os.path.join(run_dir, 'hf')
@@ -93,8 +97,26 @@ def test_export_loads_in_transformers(restored, run_dir, tmp_path):
   np.testing.assert_allclose(np.asarray(ours(ids)), ref, atol=1e-4)
 
 
+def test_import_starts_a_run_from_a_hf_trunk(restored, tmp_path):
+  trunk = hf.from_params(restored.setup.model_config, jax.device_get(restored.params['bloom']))
+  hf.save(trunk, str(tmp_path / 'trunk'))
+  workdir = str(tmp_path / 'ft')
+  args = ('bloom_jax.hf', 'import', '--hf_dir', str(tmp_path / 'trunk'), '--config',
+          'tests/tiny.py', '--workdir', workdir)
+  result = _cli(*args)
+  assert result.returncode == 0, result.stderr
+  imported = runs.load_run(workdir)
+  assert imported.step == 0
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(imported.params['bloom']),
+               jax.device_get(restored.params['bloom']))
+  assert set(imported.params) == set(restored.params)  # the task heads start fresh beside it
+  again = _cli(*args)
+  assert again.returncode == 2
+  assert 'already holds checkpoints' in again.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize('args, message', [
-    (['--task', 'no_such_task', '--text', 'x'], "unknown task 'no_such_task'"),
+    (['--task', 'no_such_task', '--text', 'x'], "no head for 'no_such_task'"),
     (['--task', 'pos', '--text', 'x'], "no head for 'pos'"),
     (['--task', 'lm'], 'exactly one of --text or --input'),
 ])

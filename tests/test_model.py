@@ -142,6 +142,76 @@ def test_attention_allowed_rejects_unknown_mode():
     layers.attention_allowed(jnp.asarray(KEY_MASK), 0, 8, 'encoder')
 
 
+SEGMENT_IDS = np.array([
+    [1, 1, 1, 2, 2, 2, 2, 0],   # two examples, then padding
+    [1, 1, 1, 1, 1, 1, 1, 1],   # one example filling the row
+    [1, 2, 2, 3, 3, 3, 0, 0],   # a one-token example first
+    [0, 0, 0, 1, 1, 1, 1, 1],   # one left-padded example
+])
+SEGMENT_PREFIX = np.array([     # each example's own prefix
+    [1, 1, 0, 1, 1, 0, 0, 0],
+    [1, 1, 1, 1, 0, 0, 0, 0],
+    [1, 1, 0, 1, 1, 0, 0, 0],
+    [0, 0, 0, 1, 1, 0, 0, 0],
+])
+
+
+def _reference_segment_allowed(segment_ids, mode, prefix_mask=None):
+  """Within one segment, the mode's rule; across segments and to padding, nothing."""
+  batch, length = segment_ids.shape
+  out = _reference_allowed(segment_ids > 0, 0, length, mode, prefix_mask)
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  return out & same[:, None]
+
+
+@pytest.mark.parametrize('mode', ['causal', 'bidirectional', 'prefix'])
+def test_attention_allowed_with_segments_matches_reference(mode):
+  prefix = jnp.asarray(SEGMENT_PREFIX) if mode == 'prefix' else None
+  got = np.asarray(layers.attention_allowed(
+      jnp.asarray(SEGMENT_IDS > 0), 0, 8, mode, prefix, segment_ids=jnp.asarray(SEGMENT_IDS)))
+  assert got.shape == (4, 1, 8, 8) and got.dtype == np.bool_
+  np.testing.assert_array_equal(got, _reference_segment_allowed(SEGMENT_IDS, mode, SEGMENT_PREFIX))
+  # Each segment's block is what its example would get alone in a row of its own.
+  for b, row in enumerate(SEGMENT_IDS):
+    for segment in set(row[row > 0].tolist()):
+      where = np.flatnonzero(row == segment)
+      alone = layers.attention_allowed(
+          jnp.ones((1, len(where)), jnp.int32), 0, len(where), mode,
+          None if prefix is None else jnp.asarray(SEGMENT_PREFIX[b:b + 1, where]))
+      np.testing.assert_array_equal(got[b, 0][np.ix_(where, where)], np.asarray(alone)[0, 0])
+  # Padding neither attends nor is attended to.
+  pad = SEGMENT_IDS == 0
+  assert not got[:, 0][pad].any() and not got[:, 0].transpose(0, 2, 1)[pad].any()
+
+
+def _reference_segment_positions(segment_ids):
+  out = np.zeros_like(segment_ids)
+  for b, row in enumerate(segment_ids):
+    count = 0
+    for s in range(len(row)):
+      count = count + 1 if s and row[s] == row[s - 1] else 0
+      out[b, s] = count if row[s] else 0
+  return out
+
+
+def test_segment_positions_restart_at_each_segment():
+  got = np.asarray(layers.segment_positions(jnp.asarray(SEGMENT_IDS)))
+  np.testing.assert_array_equal(got, _reference_segment_positions(SEGMENT_IDS))
+  np.testing.assert_array_equal(got[2], [0, 0, 1, 0, 1, 2, 0, 0])
+  gapped = np.array([[1, 1, 0, 2, 2, 2, 0, 3]])  # padding between examples
+  np.testing.assert_array_equal(np.asarray(layers.segment_positions(jnp.asarray(gapped))),
+                                [[0, 1, 0, 0, 1, 2, 0, 0]])
+  under_jit = jax.jit(layers.segment_positions)(jnp.asarray(SEGMENT_IDS))
+  np.testing.assert_array_equal(np.asarray(under_jit), got)
+
+
+def test_segment_positions_of_one_example_are_token_positions():
+  # One contiguous example per row, padded left, right, both or not at all.
+  np.testing.assert_array_equal(
+      np.asarray(layers.segment_positions(jnp.asarray(KEY_MASK))),
+      np.asarray(layers.token_positions(jnp.asarray(KEY_MASK))))
+
+
 def test_prefix_mode_needs_prefix_mask():
   with pytest.raises(ValueError, match='prefix_mask'):
     layers.attention_allowed(jnp.asarray(KEY_MASK), 0, 8, 'prefix')

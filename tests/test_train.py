@@ -14,8 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from bloom_jax import checkpointing, config_lib, sharding, train
-from bloom_jax import data as data_lib
+from bloom_jax import checkpointing, config_lib, runs, sharding, train
+from bloom_jax.data import pipeline
+from bloom_jax.errors import NonFiniteError
 from tests.tiny import child_env, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +27,7 @@ MESHES = [dict(data=8, fsdp=1, tensor=1), dict(data=2, fsdp=4, tensor=1),
 
 @pytest.fixture(scope='module')
 def pipe(tmp_path_factory):
-  return data_lib.Pipeline(tiny_config(), workdir=str(tmp_path_factory.mktemp('pipe')),
+  return pipeline.Pipeline(tiny_config(), workdir=str(tmp_path_factory.mktemp('pipe')),
                            multiple=8)
 
 
@@ -36,8 +37,12 @@ def single_device_run(pipe):
   return _two_steps(tiny_config(), pipe, single)
 
 
+def _build(config, pipe, mesh):
+  return runs.build(config, pipe.tasks, pipe.tokenizer.vocab_size, mesh)
+
+
 def _two_steps(config, pipe, mesh):
-  setup = train.build(config, pipe, mesh)
+  setup = _build(config, pipe, mesh)
   state = setup.init_train_state()
   it = pipe.train_iterator()
   losses = []
@@ -57,7 +62,7 @@ def test_sharded_step_matches_single_device(pipe, single_device_run, mesh_axes):
 
 def test_params_are_sharded_by_the_rules(pipe):
   mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
-  setup = train.build(tiny_config(), pipe, mesh)
+  setup = _build(tiny_config(), pipe, mesh)
   specs = jax.tree.map(lambda s: s.spec, setup.state_shardings['params'])
   assert specs['bloom']['word_embeddings'] == jax.sharding.PartitionSpec('tensor', 'fsdp')
   assert specs['bloom']['h']['attention']['qkv_kernel'] == jax.sharding.PartitionSpec(
@@ -74,7 +79,7 @@ def test_params_are_sharded_by_the_rules(pipe):
 
 def _final_params(workdir, config, pipe):
   mesh = sharding.make_mesh(config.mesh)
-  setup = train.build(config, pipe, mesh)
+  setup = _build(config, pipe, mesh)
   ckpt = checkpointing.Checkpointer(workdir, keep=2)
   state, _ = ckpt.restore(ckpt.latest_step(), setup.abstract_train_state())
   ckpt.close()
@@ -82,7 +87,8 @@ def _final_params(workdir, config, pipe):
 
 
 def _untimed(line):
-  return {k: v for k, v in line.items() if k not in ('steps_per_s', 'tokens_per_s')}
+  return {k: v for k, v in line.items()
+          if k not in ('steps_per_s', 'tokens_per_s', 'nonpad_tokens_per_s')}
 
 
 def test_stop_and_resume_is_bitwise_exact(tmp_path, pipe, monkeypatch):
@@ -108,7 +114,13 @@ def test_stop_and_resume_is_bitwise_exact(tmp_path, pipe, monkeypatch):
   jax.tree.map(np.testing.assert_array_equal, a, b)
   lines = [json.loads(x) for x in (tmp_path / 'resumed' / 'metrics.jsonl').read_text().splitlines()]
   assert {'train/sentiment/loss', 'train/lm/loss', 'grad_norm', 'learning_rate',
-          'tokens_per_s'} <= set(lines[0])
+          'tokens_per_s', 'nonpad_tokens_per_s'} <= set(lines[0])
+  train_lines = [line for line in lines if 'loss' in line]
+  assert train_lines
+  for line in train_lines:  # every task's packed rows carry examples in every window
+    for task in config.tasks:
+      assert line[f'train/{task}/examples'] > 0, (task, line)
+    assert 0 < line['nonpad_tokens_per_s'] <= line['tokens_per_s']
   assert any('eval/tagging/word_accuracy' in line for line in lines)
 
 
@@ -137,6 +149,20 @@ def test_bad_configs_fail_before_compiling(key, value, message):
   (config[section] if section else config)[field] = value
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('attention', 'sideways', r"tasks\.lm\.attention: 'sideways'"),
+    ('attention', 'prefix', r"tasks\.lm\.attention: 'prefix' needs rows"),  # LM rows: none
+    ('max_length', 2, r'tasks\.lm\.max_length'),
+])
+def test_bad_task_settings_fail_before_compiling(tmp_path, monkeypatch, field, value, message):
+  config = tiny_config()
+  config.tasks.lm[field] = value
+  monkeypatch.setattr(runs, 'build', lambda *a, **k: pytest.fail('built a model'))
+  with pytest.raises(config_lib.ConfigError, match=message):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / 'metrics.jsonl').exists()
 
 
 def test_unknown_model_key_is_named():
@@ -208,7 +234,7 @@ def test_nonfinite_loss_stops_without_poisoning_checkpoints(tmp_path):
   config.optimizer.learning_rate = 1e30   # the first update blows the parameters up
   config.optimizer.warmup_steps = 0
   config.optimizer.clip_norm = 1e30
-  with pytest.raises(train.NonFiniteError, match=r'at step \d+ \(task'):
+  with pytest.raises(NonFiniteError, match=r'at step \d+ \(task'):
     train.train_and_evaluate(config, str(tmp_path / 'stop'))
   ckpt = checkpointing.Checkpointer(str(tmp_path / 'stop'), keep=2)
   assert ckpt.latest_step() is None
