@@ -24,7 +24,8 @@ def import_checkpoint(hf_dir: str, config, workdir: str) -> None:
   if os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise config_lib.ConfigError(f'--workdir: {workdir} already holds checkpoints; importing '
                                  'would mix two runs')
-  config.model.init_from_hf = hf_dir
+  with config.unlocked():  # --config is locked, and few configs name this key
+    config.model.init_from_hf = hf_dir
   config_lib.validate(config)
   mesh = sharding.make_mesh(config.mesh)
   pipe = runs.prepare_data(config, workdir, mesh)
