@@ -5,7 +5,8 @@
 The train state is a plain pytree {params, opt_state, step, nonfinite}; the model is
 rebuilt from (graphdef, params) inside the trace, so nothing walks Python objects per
 step. A non-finite loss or gradient never reaches the parameters: the update is skipped
-and `nonfinite` records the first (step, task) where it happened, for the host to report.
+and `nonfinite` records the first step where it happened and the task whose loss or
+gradient was non-finite, for the host to report.
 """
 
 import functools
@@ -35,8 +36,10 @@ def count_segments(segment_ids: jax.Array) -> jax.Array:
   return jnp.sum((segment_ids > 0) & (segment_ids != previous)).astype(jnp.float32)
 
 
-def multitask_loss(params, graphdef, abstract_state, tasks, batch, dropout_key, counts):
-  """sum_t w_t * L_t and per-task statistics. `tasks`: the mixture's TaskSpecs, in order.
+def multitask_loss(params, graphdef, abstract_state, tasks, batch, dropout_key, counts,
+                   only=None):
+  """sum_t w_t * L_t and per-task statistics. `tasks`: the mixture's TaskSpecs, in order;
+  `only`: the index of the one task whose term to compute, or None for all of them.
 
   L_t is task t's summed loss over `counts[t]`, the weight of its whole sub-batch, so
   summing this over micro-batches gives exactly the full batch's loss.
@@ -44,6 +47,8 @@ def multitask_loss(params, graphdef, abstract_state, tasks, batch, dropout_key, 
   model = nnx.merge(graphdef, compat.from_pure_dict(abstract_state, params))
   total, stats = 0.0, {}
   for i, task in enumerate(tasks):
+    if only is not None and i != only:
+      continue
     key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
     s = task_statistics(model, task, batch[task.name], key)
     s['loss'] = s['loss_sum'] / jnp.maximum(counts[task.name], 1.0)
@@ -62,29 +67,30 @@ def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, sche
   step = state['step']
   dropout_key = jax.random.fold_in(jax.random.key(seed), step)
   counts = {t.name: jnp.sum(batch[t.name]['weights'].astype(jnp.float32)) for t in tasks}
-  loss_fn = functools.partial(jax.value_and_grad(multitask_loss, has_aux=True),
-                              graphdef=graphdef, abstract_state=abstract_state, tasks=tasks,
-                              counts=counts)
 
-  if grad_accum == 1:
-    (loss, stats), grads = loss_fn(state['params'], batch=batch, dropout_key=dropout_key)
-  else:
+  def loss_and_grad(params, only=None):
+    """((loss, stats), gradient) of the whole batch; `only`: one task's term alone."""
+    loss_fn = functools.partial(jax.value_and_grad(multitask_loss, has_aux=True),
+                                graphdef=graphdef, abstract_state=abstract_state, tasks=tasks,
+                                counts=counts, only=only)
+    if grad_accum == 1:
+      return loss_fn(params, batch=batch, dropout_key=dropout_key)
     # Gradients of per-micro-batch sums add up to the full batch's gradient; only the
     # activations of one micro-batch are alive at a time.
     micro_batches = _micro_batches(batch, grad_accum)
 
     def accumulate(carry, micro):
       i, micro_batch = micro
-      out = loss_fn(state['params'], batch=micro_batch,
-                    dropout_key=jax.random.fold_in(dropout_key, i))
+      out = loss_fn(params, batch=micro_batch, dropout_key=jax.random.fold_in(dropout_key, i))
       return jax.tree.map(jnp.add, carry, out), None
 
     first = jax.tree.map(lambda x: x[0], micro_batches)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
-        lambda: loss_fn(state['params'], batch=first, dropout_key=dropout_key)))
-    ((loss, stats), grads), _ = jax.lax.scan(
-        accumulate, zeros, (jnp.arange(grad_accum), micro_batches))
+        lambda: loss_fn(params, batch=first, dropout_key=dropout_key)))
+    summed, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro_batches))
+    return summed
 
+  (loss, stats), grads = loss_and_grad(state['params'])
   grad_norm = optax.tree.norm(grads)
   task_finite = jnp.stack([jnp.isfinite(stats[t.name]['loss']) for t in tasks])
   finite = jnp.all(task_finite) & jnp.isfinite(grad_norm)
@@ -99,9 +105,26 @@ def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, sche
   # instead reads both and makes XLA keep copies of the moments: twice the update's time.
   new_params, new_opt_state = jax.lax.cond(
       finite, update, lambda _: (state['params'], state['opt_state']), None)
-  first_bad_task = jnp.argmin(task_finite)  # the first non-finite task, 0 if only grads
-  nonfinite = jnp.where((state['nonfinite'][0] < 0) & ~finite,
-                        jnp.stack([step, first_bad_task]).astype(jnp.int32), state['nonfinite'])
+
+  def first_bad_task(params):
+    """The first task whose loss or own gradient (of w_t * L_t) is non-finite, by a backward
+    pass per task. If each is finite and only their sum overflowed: the largest gradient's."""
+    bad, norms = [], []
+    for i in range(len(tasks)):
+      _, task_grads = loss_and_grad(params, only=i)
+      norms.append(optax.tree.norm(task_grads))
+      bad.append(~task_finite[i] | ~jnp.isfinite(norms[-1]))
+    bad = jnp.stack(bad)
+    return jnp.where(jnp.any(bad), jnp.argmax(bad), jnp.argmax(jnp.stack(norms)))
+
+  # The per-task passes run only for the step that is recorded (the first non-finite one),
+  # so finite steps never pay for them. They read `new_params`, which a skipped step left
+  # unchanged: reading `state['params']` would make XLA keep a copy of the old parameters
+  # beside the in-place update on every step.
+  nonfinite = jax.lax.cond(
+      (state['nonfinite'][0] < 0) & ~finite,
+      lambda params: jnp.stack([step, first_bad_task(params)]).astype(jnp.int32),
+      lambda _: state['nonfinite'], new_params)
   new_state = {
       'params': new_params,
       'opt_state': new_opt_state,
