@@ -255,18 +255,28 @@ def make_plan(config, config_name: str, topology: Topology, mesh_config: dict, b
   t0 = time.perf_counter()
   lowered = setup.train_step.lower(state, batch_arrays)
   t1 = time.perf_counter()
-  compiled = lowered.compile()
+  compiled, error = None, None
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    # libtpu refuses a program that cannot fit the chip's HBM: that is the plan's answer.
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    error = ' '.join(str(e).split('See https://')[0].split())
   t2 = time.perf_counter()
 
-  m = compiled.memory_analysis()
-  memory = {k: int(getattr(m, f'{k}_size_in_bytes'))
-            for k in ('argument', 'output', 'alias', 'temp', 'generated_code')}
-  per_device = {
-      'params': shard_bytes(state['params']), 'opt_state': shard_bytes(state['opt_state']),
-      'batch': shard_bytes(batch_arrays), 'temp': memory['temp'],
-      # Donated state aliases the new state: live once, not twice.
-      'peak': memory['argument'] + memory['output'] - memory['alias'] + memory['temp'],
-      **{f'xla_{k}': v for k, v in memory.items()}}
+  per_device = {'params': shard_bytes(state['params']),
+                'opt_state': shard_bytes(state['opt_state']),
+                'batch': shard_bytes(batch_arrays), 'temp': None, 'peak': None}
+  if compiled is not None:
+    m = compiled.memory_analysis()
+    memory = {k: int(getattr(m, f'{k}_size_in_bytes'))
+              for k in ('argument', 'output', 'alias', 'temp', 'generated_code')}
+    per_device.update(
+        temp=memory['temp'],
+        # Donated state aliases the new state: live once, not twice.
+        peak=memory['argument'] + memory['output'] - memory['alias'] + memory['temp'],
+        **{f'xla_{k}': v for k, v in memory.items()})
   cfg = setup.model_config
   model_flops = flops.train_flops_per_step(cfg, batch, seq)
   plan = {
@@ -285,14 +295,16 @@ def make_plan(config, config_name: str, topology: Topology, mesh_config: dict, b
       'bytes_per_device': per_device,
       'model_flops_per_step': model_flops,
       'model_flops_per_device': model_flops / len(devices),
-      'xla_flops_per_device': xla_flops(compiled),
-      'lower_s': t1 - t0, 'compile_s': t2 - t1, 'mfu': mfu,
+      'xla_flops_per_device': xla_flops(compiled) if compiled else None,
+      'compile_error': error, 'lower_s': t1 - t0, 'compile_s': t2 - t1, 'mfu': mfu,
       'chip': None, 'fits': None, 'hbm_fraction': None, 'step_s': None, 'tokens_per_s': None}
   if chip_name:
     chip = flops.CHIPS[chip_name]
     step_s = chip.step_seconds(model_flops, len(devices), mfu)
-    plan.update(chip=dataclasses.asdict(chip), fits=per_device['peak'] <= chip.hbm_bytes,
-                hbm_fraction=per_device['peak'] / chip.hbm_bytes, step_s=step_s,
+    peak = per_device['peak']
+    plan.update(chip=dataclasses.asdict(chip),
+                fits=peak is not None and peak <= chip.hbm_bytes,
+                hbm_fraction=peak / chip.hbm_bytes if peak is not None else None, step_s=step_s,
                 tokens_per_s=batch * seq / step_s)
   return plan
 
@@ -315,13 +327,20 @@ def verdict(plan: dict) -> str:
     return ('VERDICT: not judged: a cpu-N plan needs --chip '
             f'({", ".join(flops.CHIPS)}) to be set against a chip\'s HBM and peak')
   chip, peak = plan['chip'], plan['bytes_per_device']['peak']
+  if plan['compile_error']:
+    return f'VERDICT: DOES NOT FIT: the compiler ran out of HBM: {plan["compile_error"]}'
   used = (f'peak {_size(peak).strip()} of {chip["hbm_bytes"] / 2**30:.0f} GiB HBM per '
           f'{chip["name"]} ({plan["hbm_fraction"]:.0%})')
   if not plan['fits']:
-    return f'VERDICT: DOES NOT FIT: {used}'
-  if plan['hbm_fraction'] > 0.9:
-    return f'VERDICT: FITS, TIGHTLY: {used}; the runtime keeps some HBM for itself'
-  return f'VERDICT: FITS: {used}'
+    line = f'VERDICT: DOES NOT FIT: {used}'
+  elif plan['hbm_fraction'] > 0.9:
+    line = f'VERDICT: FITS, TIGHTLY: {used}; the runtime keeps some HBM for itself'
+  else:
+    line = f'VERDICT: FITS: {used}'
+  if plan['platform'] == 'cpu':
+    line += (" (XLA:CPU's temporaries, not the chip's compiler's: parameter and optimizer "
+             'bytes carry over, temporaries do not; see docs/scaling.md)')
+  return line
 
 
 def report(plan: dict) -> str:
@@ -330,8 +349,7 @@ def report(plan: dict) -> str:
   mesh = ' '.join(f'{k}={v}' for k, v in plan['mesh'].items())
   where = (f'{n} x {plan["device_kind"]} (libtpu topology {plan["libtpu_topology"]})'
            if plan['platform'] == 'tpu' else
-           f"{n} simulated CPU devices: XLA's CPU compiler stands in for the chip's, whose "
-           'fusions, layouts and temporaries differ')
+           f"{n} simulated CPU devices: XLA's CPU compiler stands in for the chip's")
   lines = [
       f'plan: {plan["config"]} on {plan["topology"]}, {where}',
       f'mesh: {mesh}; batch {plan["batch"]} rows x {plan["seq"]} tokens = '
@@ -347,9 +365,13 @@ def report(plan: dict) -> str:
       f'  optimizer state  {_size(b["opt_state"])}   '
       f'({_share(b["opt_state"], whole["opt_state"])})',
       f'  batch            {_size(b["batch"])}',
-      f'  XLA temporaries  {_size(b["temp"])}   (activations, gradients, logits, collectives)',
-      f'  peak             {_size(b["peak"])}   (arguments + outputs - donated + temporaries)',
   ]
+  if plan['compile_error']:
+    lines.append('  XLA temporaries  (not compiled: see the verdict)')
+  else:
+    lines += [
+        f'  XLA temporaries  {_size(b["temp"])}   (activations, gradients, logits, collectives)',
+        f'  peak             {_size(b["peak"])}   (arguments + outputs - donated + temporaries)']
   if plan['chip']:
     lines.append(f'  HBM              {_size(plan["chip"]["hbm_bytes"])}   '
                  f'({plan["chip"]["name"]}, {plan["chip"]["source"]})')
