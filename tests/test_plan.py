@@ -85,10 +85,8 @@ def test_model_flops_are_the_benchmarks_formula(plans):
 
 @pytest.mark.parametrize('args, message', [
     (('--topology', 'v9-8'), '--topology: expected cpu-N'),
-    (('--topology', 'v5e-6'), '--topology v5e-6: v5e-N counts chips'),
     (('--topology', 'cpu-8', '--mesh', 'data=3,fsdp=1,tensor=1'),
      '--mesh: data*fsdp*tensor = 3 but 8 devices'),
-    (('--topology', 'cpu-8', '--mesh', 'pipeline=2'), '--mesh: expected comma-separated'),
     (('--topology', 'cpu-8', '--batch', '12'), '--batch: 12 rows'),
     (('--topology', 'cpu-8', '--chip', 'v7'), "--chip: 'v7' is not one of"),
 ])
@@ -109,9 +107,17 @@ def test_cloud_tpu_names_map_to_libtpu_slices():
     assert (t.libtpu_name, t.num_devices, t.platform) == (libtpu_name, devices, 'tpu'), name
   assert dict(plan.parse_topology('v4-8').options)['chip_config_name'] == 'megacore'
   assert plan.parse_topology('cpu-3') == plan.Topology('cpu-3', 'cpu', 3)
-  for bad in ('v4-6', 'v5e-2', 'v5e-512', 'v4:2x2', 'tpu-8', 'cpu-0'):
-    with pytest.raises(config_lib.ConfigError):
+  for bad in ('v4-6', 'v5e-2', 'v5e-6', 'v5e-512', 'v4:2x2', 'tpu-8', 'cpu-0'):
+    with pytest.raises(config_lib.ConfigError, match='--topology'):
       plan.parse_topology(bad)
+
+
+def test_mesh_flags_name_axes_and_fill_from_the_config():
+  default = {'data': -1, 'fsdp': 1, 'tensor': 1}
+  assert plan.parse_mesh('fsdp=4,tensor=2', default) == {'data': -1, 'fsdp': 4, 'tensor': 2}
+  for bad in ('pipeline=2', 'data=two', 'data'):
+    with pytest.raises(config_lib.ConfigError, match='--mesh: expected comma-separated'):
+      plan.parse_mesh(bad, default)
 
 
 @pytest.mark.skipif(HAVE_LIBTPU, reason='libtpu is installed: the TPU compile test runs instead')
