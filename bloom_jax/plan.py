@@ -357,8 +357,9 @@ def report(plan: dict) -> str:
       f'model: {m["num_params"]:,} parameters (hidden {m["hidden_size"]}, {m["n_layer"]} '
       f'layers, {m["n_head"]} heads, vocab {m["vocab_size"]:,}); {m["dtype"]} compute, '
       f'{m["param_dtype"]} parameters, remat {m["remat"]}',
-      f'compiled in {plan["lower_s"] + plan["compile_s"]:.1f} s (lowering '
-      f'{plan["lower_s"]:.1f} s, {plan["compiler"]} {plan["compile_s"]:.1f} s)',
+      f'{"compile stopped after" if plan["compile_error"] else "compiled in"} '
+      f'{plan["lower_s"] + plan["compile_s"]:.1f} s (lowering {plan["lower_s"]:.1f} s, '
+      f'{plan["compiler"]} {plan["compile_s"]:.1f} s)',
       '',
       'memory per device:',
       f'  parameters       {_size(b["params"])}   ({_share(b["params"], whole["params"])})',
@@ -383,7 +384,8 @@ def report(plan: dict) -> str:
       f'12*layers*hidden*seq*tokens; {plan["model_flops_per_device"]:.3e} per device)',
       f'  XLA FLOPs        {xla * n:.3e}   ({xla:.3e} per device by its cost analysis, which '
       'counts the scanned layers\' loop body once)' if xla else
-      '  XLA FLOPs        not reported by this compiler',
+      '  XLA FLOPs        ' + ('(not compiled)' if plan['compile_error'] else
+                               'not reported by this compiler'),
   ]
   if plan['chip']:
     chip, step_s = plan['chip'], plan['step_s']
