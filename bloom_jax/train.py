@@ -29,6 +29,7 @@ from bloom_jax import (
   cli,
   config_lib,
   evaluation,
+  flops,
   reporting,
   runs,
   sharding,
@@ -67,6 +68,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # ---------------------------------------------------------------------- model, step
     setup = runs.build(config, pipe.tasks, pipe.tokenizer.vocab_size, mesh)
     logging.info('Model: %s, %.2fM parameters', setup.model_config, setup.num_params / 1e6)
+    step_flops = flops.multitask_flops_per_step(setup.model_config, setup.tasks)
+    peak, peak_source = _peak_flops(config, mesh)
+    console.print(f'MFU is model FLOPs ({step_flops / 1e9:.3g} GFLOP per step) against '
+                  f'{peak / 1e12:.3g} TFLOP/s per device ({peak_source}).')
 
     # ---------------------------------------------------------------------- restore or init
     train_iter = pipe.train_iterator(jax.process_index(), jax.process_count())
@@ -127,6 +132,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 'nonpad_tokens_per_s':
                     n * _tokens(local_batch, nonpad=True) * jax.process_count() / elapsed}
         line['skipped'] = round(line['skipped'] * n)
+        per_device = step_flops * line['steps_per_s'] / jax.device_count()
+        line.update(model_tflops_per_s_per_device=per_device / 1e12, mfu=per_device / peak)
         _check_finite(state, setup.tasks, config)
         sums, window_start = None, (step, time.time())
         last_line = train_line = _write(writer, metrics_file, line)
@@ -204,8 +211,20 @@ def _evaluate_test_split(evaluator, ckpt, setup, state, final_step, step, workdi
   return step, results, path
 
 
+def _peak_flops(config, mesh) -> tuple[float, str]:
+  """(FLOP/s per device, its source) that MFU is measured against."""
+  given = config.get('peak_tflops_per_device', 0.0)
+  if given:
+    return given * 1e12, 'peak_tflops_per_device in the config'
+  return flops.device_peak(mesh.devices.flat[0], config.model.dtype)
+
+
 def _check_run_keys(config) -> None:
   """The keys only the trainer reads (config_lib.validate checks the shared ones)."""
+  peak = config.get('peak_tflops_per_device', 0.0)
+  if isinstance(peak, bool) or not isinstance(peak, int | float) or peak < 0:
+    raise ConfigError(f'peak_tflops_per_device: must be a number >= 0 (0: the datasheet peak, '
+                      f'or a measured one on CPU), got {peak!r}')
   patience = config.get('early_stop_patience', 0)
   if not isinstance(patience, int) or isinstance(patience, bool) or patience < 0:
     raise ConfigError(f'early_stop_patience: must be an integer >= 0 (0: never stop early), '

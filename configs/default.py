@@ -23,6 +23,8 @@ def get_config(arg=None):
                                    #   best_metric (0: never stop early)
   c.eval_test_at_end = False       # at the end, score the best checkpoint (the last without
                                    #   best_metric) on the tasks' test splits
+  c.peak_tflops_per_device = 0.0   # MFU's denominator (0: the chip's datasheet bf16 peak; on
+                                   #   CPU a matmul measured at start)
   c.profile_steps = ''             # 'FIRST,LAST': a jax.profiler trace of those steps in
                                    #   DIR/profile/ ('': none)
   c.skip_nonfinite = False         # True: skip an update whose loss/grads are NaN/inf

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from bloom_jax import checkpointing, config_lib, runs, sharding, train
+from bloom_jax import checkpointing, config_lib, flops, runs, sharding, train
 from bloom_jax.data import pipeline
 from bloom_jax.errors import NonFiniteError
 from tests.tiny import child_env, tiny_config
@@ -88,7 +88,8 @@ def _final_params(workdir, config, pipe):
 
 def _untimed(line):
   return {k: v for k, v in line.items()
-          if k not in ('steps_per_s', 'tokens_per_s', 'nonpad_tokens_per_s')}
+          if k not in ('steps_per_s', 'tokens_per_s', 'nonpad_tokens_per_s',
+                       'model_tflops_per_s_per_device', 'mfu')}
 
 
 def test_stop_and_resume_is_bitwise_exact(tmp_path, pipe, monkeypatch):
@@ -121,6 +122,13 @@ def test_stop_and_resume_is_bitwise_exact(tmp_path, pipe, monkeypatch):
     for task in config.tasks:
       assert line[f'train/{task}/examples'] > 0, (task, line)
     assert 0 < line['nonpad_tokens_per_s'] <= line['tokens_per_s']
+    # MFU: the model FLOPs of a step (flops.multitask_flops_per_step) per device-second.
+    step_flops = line['model_tflops_per_s_per_device'] * 1e12 * jax.device_count() \
+        / line['steps_per_s']
+    model_cfg = config_lib.model_config(config, vocab_size=pipe.tokenizer.vocab_size)
+    assert step_flops == pytest.approx(
+        flops.multitask_flops_per_step(model_cfg, pipe.tasks.values()))
+    assert 0 < line['mfu'] < 1
   assert any('eval/tagging/word_accuracy' in line for line in lines)
 
 

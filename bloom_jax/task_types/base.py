@@ -35,6 +35,7 @@ class TaskType:
   input_field = 'text'           # the canonical field a raw input text fills
   marks_prefix = False           # rows carry a `prefix_mask` (for 'prefix' attention)
   takes_stopwords = False        # `stopwords` (drop English stop words) applies to its input
+  takes_pos_tags = False         # `pos_tagger` (a tagger run's tags, embedded) applies to it
 
   def __repr__(self) -> str:  # stable across processes: it goes into data fingerprints
     return f'task_types.{self.name}'
@@ -49,6 +50,8 @@ class TaskType:
       raise ConfigError(f'{key}: {self.name} tasks need their labels declared')
     if task.stopwords and not self.takes_stopwords:
       raise ConfigError(f'{key}.stopwords: not for {self.name} tasks')
+    if task.pos_tagger and not self.takes_pos_tags:
+      raise ConfigError(f'{key}.pos_tagger: not for {self.name} tasks')
 
   # ------------------------------------------------------------------ data
 
@@ -94,6 +97,11 @@ class TaskType:
 
   def logits(self, model, task, hidden: jax.Array, batch: dict, dropout_key) -> jax.Array:
     raise NotImplementedError
+
+  def vocab_positions(self, task) -> int:
+    """Positions per row that `logits` projects onto the vocabulary (for FLOP counts)."""
+    del task
+    return 0
 
   def losses(self, logits: jax.Array, batch: dict):
     """(loss, weights, correct) per scored position; `correct` may be None."""

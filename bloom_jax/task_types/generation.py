@@ -109,6 +109,9 @@ class Generation(base.TaskType):
     at = jnp.take_along_axis(hidden, batch['target_positions'][..., None], axis=1)
     return model.bloom.logits(at)
 
+  def vocab_positions(self, task):
+    return target_budget(task)
+
   def accumulator(self, task):
     return base.PerplexityMetrics()
 

@@ -55,6 +55,9 @@ class LanguageModel(base.TaskType):
     del task, batch, dropout_key
     return model.bloom.logits(hidden)
 
+  def vocab_positions(self, task):
+    return task.max_length
+
   def accumulator(self, task):
     return LanguageModelMetrics()
 
