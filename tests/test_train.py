@@ -276,19 +276,27 @@ def _last_line(workdir):
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_matches(tmp_path):
-  full = _run_cli(str(tmp_path / 'full'))  # alongside the killed runs: most of each is start-up
+  steps = '--config.total_steps=30'  # room to kill mid-run after training is under way
+  full = _run_cli(str(tmp_path / 'full'), steps)  # alongside: most of each run is start-up
   rng = np.random.default_rng(0)
   killed = tmp_path / 'killed'
+  metrics = killed / 'metrics.jsonl'
+  lines = lambda: len(metrics.read_text().splitlines()) if metrics.exists() else 0
   for _ in range(2):
-    proc = _run_cli(str(killed))
-    # Kill somewhere between start-up and the end, often mid-checkpoint.
-    deadline = rng.uniform(5, 25)
-    try:
-      proc.wait(timeout=deadline)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait()
-  final = _run_cli(str(killed))
+    proc = _run_cli(str(killed), steps)
+    # Once this process has trained (a new metrics line), kill it at a random moment, often
+    # mid-checkpoint (one every 3 steps), and make sure it really was still running.
+    seen = lines()
+    while lines() <= seen:
+      assert proc.poll() is None, proc.stderr.read()[-2000:]
+      time.sleep(0.05)
+    time.sleep(rng.uniform(0, 0.5))
+    assert proc.poll() is None, 'the run ended before it could be killed mid-run'
+    proc.kill()
+    proc.wait()
+    committed = checkpointing.Checkpointer(str(killed), keep=2, create=False).all_steps()
+    assert not committed or max(committed) < 30, committed
+  final = _run_cli(str(killed), steps)
   assert final.wait(timeout=600) == 0, final.stderr.read()[-2000:]
   _, stderr = full.communicate(timeout=600)
   assert full.returncode == 0, stderr[-2000:]
