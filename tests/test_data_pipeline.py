@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -452,3 +453,22 @@ def test_real_config_variants():
   for bad in ('single=nope', 'seed=x', 'other=1', 'single'):
     with pytest.raises(ValueError, match='expected single=TASK'):
       real_multitask.get_config(bad)
+
+
+def test_preparing_data_leaves_nothing_in_the_system_temp_folder(tmp_path):
+  """TFDS makes an empty `tmp*tfds` folder for every builder of an unprepared dataset."""
+  import glob
+  import tempfile
+
+  def leftovers():
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), 'tmp*tfds')))
+
+  before = leftovers()
+  _fake_layout(tmp_path / 'data')
+  c = real_multitask.get_config()
+  c.data.dir, c.data.tfds_dir = str(tmp_path / 'data'), str(tmp_path / 'tfds')
+  c.tokenizer.vocab_size = 300
+  c.tasks = ml_collections.ConfigDict({'sst2': c.tasks.sst2.to_dict()})
+  c.tasks.sst2.rate = 1.0
+  pipeline.Pipeline(c)
+  assert leftovers() <= before

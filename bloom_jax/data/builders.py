@@ -9,7 +9,9 @@ TFDS's `ConllUDatasetBuilder` is not used: it needs the `conllu` package and abo
 the first malformed line, where we skip and count bad sentences.
 """
 
+import contextlib
 import dataclasses
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -29,6 +31,22 @@ def features(fields: dict[str, str]) -> tfds.features.FeaturesDict:
   kinds = {'text': tfds.features.Text,
            'texts': lambda: tfds.features.Sequence(tfds.features.Text())}
   return tfds.features.FeaturesDict({name: kinds[kind]() for name, kind in fields.items()})
+
+
+@contextlib.contextmanager
+def own_temp_dir():
+  """Builders made inside get a temporary folder of ours, removed on the way out.
+
+  Constructing a builder whose dataset is not prepared yet makes TFDS create an empty
+  folder in the system's temporary directory (`tmp*tfds`, for metadata it would fetch from
+  its bucket) and never remove it: one per dataset built.
+  """
+  with tempfile.TemporaryDirectory(prefix='bloom_jax_tfds_') as folder:
+    previous, tempfile.tempdir = tempfile.tempdir, folder
+    try:
+      yield
+    finally:
+      tempfile.tempdir = previous
 
 
 class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

@@ -72,7 +72,8 @@ class Synthetic:
   def load(self, name: str, data_dir: str, tfds_dir: str, labels) -> tuple[dict, dict]:
     del name, data_dir, labels
     from bloom_jax.data import builders
-    builder = builders.SyntheticMultitask(config=self.config, data_dir=tfds_dir)
+    with builders.own_temp_dir():
+      builder = builders.SyntheticMultitask(config=self.config, data_dir=tfds_dir)
     builder.download_and_prepare()
     rows = {s: [_decode(r) for r in rs] for s, rs in _read_all(
         builder, {s: s for s in self.splits}).items()}
@@ -135,7 +136,8 @@ class Local:
         name=f'{name}_{key}', task_type=self.task_type, reader=self.reader, files=paths,
         labels=labels, options=self.options, holdout=self.holdout,
         holdout_seed=self.holdout_seed)
-    builder = builders.LocalFiles(config=config, data_dir=tfds_dir)
+    with builders.own_temp_dir():
+      builder = builders.LocalFiles(config=config, data_dir=tfds_dir)
     builder.download_and_prepare()
     rows = {s: [_decode(r) for r in rs] for s, rs in _read_all(
         builder, {s: s for s in self.splits}).items()}
@@ -165,7 +167,9 @@ class Catalog:
   def load(self, name: str, data_dir: str, tfds_dir: str, labels) -> tuple[dict, dict]:
     del data_dir, labels  # the dataset's ClassLabel names are the task's labels
     tfds = _tfds()
-    builder = tfds.builder(self.name, data_dir=tfds_dir)
+    from bloom_jax.data import builders
+    with builders.own_temp_dir():
+      builder = tfds.builder(self.name, data_dir=tfds_dir)
     try:
       builder.download_and_prepare()
     except Exception as e:  # noqa: BLE001  (any download failure means the same to the user)
