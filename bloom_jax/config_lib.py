@@ -5,12 +5,13 @@ divisible by n_head (6)`, so a typo costs seconds, not a compile.
 """
 
 import dataclasses
+import os
 
 import jax
 import ml_collections
 
 from bloom_jax import sharding
-from bloom_jax.errors import ConfigError
+from bloom_jax.errors import ConfigError, DataError
 from bloom_jax.model import BloomConfig
 
 REQUIRED = ('seed', 'total_steps', 'log_every', 'eval_every', 'checkpoint_every',
@@ -52,6 +53,8 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> BloomCon
       raise ConfigError(f'model.init_from_hf: {e}') from None
     values.update({k: getattr(hf_shape, k) for k in SHAPE_KEYS})
   if values.get('vocab_size', 0) and values['vocab_size'] < vocab_size:
+    if hf_dir:
+      raise ConfigError(_vocabulary_mismatch(hf_dir, values['vocab_size'], config, vocab_size))
     raise ConfigError(f'model.vocab_size: {values["vocab_size"]} is smaller than the '
                       f'tokenizer vocabulary ({vocab_size})')
   values['vocab_size'] = max(vocab_size, values.get('vocab_size', 0))
@@ -59,6 +62,44 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> BloomCon
     return BloomConfig(**values)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+
+
+# Megatron pads the embedding table to a multiple of 128 x its tensor-parallel ways; BLOOM's
+# 250,680 tokens take 250,880 rows (a multiple of 512), rows no token id ever reaches.
+VOCAB_PADDING = 512
+
+
+def tokenizer_size(config: ml_collections.ConfigDict) -> int:
+  """The vocabulary as far as it is known before any data is read.
+
+  Fine-tuning a Hugging Face checkpoint (`model.init_from_hf`) needs the checkpoint's own
+  tokenizer.json at `tokenizer.path`: a BPE trained here would give every id another
+  meaning than the one the checkpoint's embedding learned, so its absence is an error
+  (never a silently trained tokenizer), and its size is read from the file. Otherwise the
+  size is `tokenizer.vocab_size`, the size a trained BPE gets.
+  """
+  hf_dir, path = config.model.get('init_from_hf', ''), config.tokenizer.get('path', '')
+  if not hf_dir:
+    return max(config.tokenizer.get('vocab_size', 1), 1)
+  if not path:
+    own = os.path.join(hf_dir, 'tokenizer.json')
+    hint = (f'--config.tokenizer.path={own}' if os.path.isfile(own)
+            else f"the checkpoint's tokenizer.json (there is none in {hf_dir})")
+    raise ConfigError(f'tokenizer.path: model.init_from_hf needs the tokenizer the checkpoint '
+                      f'was trained with, not one trained here; give {hint}')
+  from bloom_jax import tokenizer  # noqa: PLC0415 - only fine-tuning runs read it this early
+  try:  # a tokenizers JSON file, parsed (never executed); the library raises bare Exception
+    return tokenizer.Tokenizer.load(path).vocab_size
+  except Exception as e:  # noqa: BLE001
+    raise DataError(f'tokenizer.path: {path} is not a usable tokenizer.json '
+                    f'({" ".join(str(e).split())[:200]})') from None
+
+
+def _vocabulary_mismatch(hf_dir: str, rows: int, config, tokens: int) -> str:
+  return (f'model.init_from_hf: {hf_dir} has {rows:,} embedding rows, but '
+          f'tokenizer.path: {config.tokenizer.get("path") or "(trained)"} has {tokens:,} tokens; '
+          f'fine-tuning needs the checkpoint\'s own tokenizer (its rows may exceed the tokens '
+          f'only by padding, fewer than {VOCAB_PADDING})')
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
@@ -73,7 +114,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     sharding.mesh_shape(config.mesh, num_devices or jax.device_count())
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  model_config(config, vocab_size=max(config.tokenizer.get('vocab_size', 1), 1))
+  tokens = tokenizer_size(config)
+  model = model_config(config, vocab_size=tokens)
+  if config.model.get('init_from_hf') and model.vocab_size - tokens >= VOCAB_PADDING:
+    raise ConfigError(_vocabulary_mismatch(config.model.init_from_hf, model.vocab_size, config,
+                                           tokens))
   if config.optimizer.schedule not in ('cosine', 'linear', 'constant'):
     raise ConfigError(f'optimizer.schedule: must be cosine, linear or constant, '
                       f'got {config.optimizer.schedule!r}')

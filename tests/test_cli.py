@@ -100,9 +100,11 @@ def test_export_loads_in_transformers(restored, run_dir, tmp_path):
 def test_import_starts_a_run_from_a_hf_trunk(restored, tmp_path):
   trunk = hf.from_params(restored.setup.model_config, jax.device_get(restored.params['bloom']))
   hf.save(trunk, str(tmp_path / 'trunk'))
+  restored.pipe.tokenizer.save(str(tmp_path / 'trunk' / 'tokenizer.json'))
   workdir = str(tmp_path / 'ft')
   args = ('bloom_jax.hf', 'import', '--hf_dir', str(tmp_path / 'trunk'), '--config',
-          'tests/tiny.py', '--workdir', workdir)
+          'tests/tiny.py', f'--config.tokenizer.path={tmp_path}/trunk/tokenizer.json',
+          '--workdir', workdir)
   result = _cli(*args)
   assert result.returncode == 0, result.stderr
   imported = runs.load_run(workdir)

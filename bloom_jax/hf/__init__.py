@@ -9,7 +9,8 @@ The conversion is a name table plus one transform per tensor: torch Linear weigh
 head axis made explicit ([3H, H] -> [H, heads, 3, head_dim]).
 
 Command line, between HF checkpoints and `bloom_jax.train` runs (see __main__.py):
-    python -m bloom_jax.hf import --hf_dir DIR --config CONFIG --workdir WORKDIR  # step 0
+    python -m bloom_jax.hf import --hf_dir DIR --config CONFIG \
+        --config.tokenizer.path=DIR/tokenizer.json --workdir WORKDIR  # step 0
     python -m bloom_jax.hf export --workdir WORKDIR --hf_dir DIR [--step N]
 """
 

@@ -1,9 +1,10 @@
 r"""Moves trunks between Hugging Face checkpoints and bloom_jax training runs.
 
   # A HF checkpoint becomes step 0 of a run; `bloom_jax.train` with the same workdir
-  # and config then fine-tunes it (task heads start fresh):
+  # and config then fine-tunes it (task heads start fresh). The run needs the
+  # checkpoint's own tokenizer (config_lib.tokenizer_size says why):
   python -m bloom_jax.hf import --hf_dir bloom-560m --config configs/finetune_hf.py \
-      --workdir runs/ft
+      --config.tokenizer.path=bloom-560m/tokenizer.json --workdir runs/ft
   # The trunk and LM head of a run's checkpoint, plus its tokenizer, as a transformers
   # BloomForCausalLM directory inside the workdir (here runs/ft/exported/):
   python -m bloom_jax.hf export --workdir runs/ft --hf_dir exported/ [--step N]
