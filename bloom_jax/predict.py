@@ -4,10 +4,25 @@ r"""Applies one head of a trained run to new text.
   python -m bloom_jax.predict --workdir DIR --task pos --input sentences.txt --output tags.jsonl
   # -> DIR/tags.jsonl
 
+  python -m bloom_jax.predict --workdir DIR --task lm --text "Once upon" --max_new_tokens 40 \
+      --method sample --temperature 0.8 --top_p 0.9 --seed 1
+
 classification prints the label and class probabilities; tagging prints word/TAG pairs;
-generation and lm print generated text (greedy by default; --method sample|beam).
+regression prints the score; generation and lm print the generated text.
 --input reads TXT (one text per line) or JSONL (field --field, default "text") and writes
 one JSON object per input line to --output, a path inside the workdir (default: stdout).
+
+Decoding (generating task types only: generation, lm):
+  --max_new_tokens N   tokens generated at most (default: the task's target length,
+                       `max_target_length`, or a quarter of `max_length`)
+  --method greedy      the likeliest token each step (the default; deterministic)
+  --method beam        --num_beams K hypotheses (default 4); one beam is greedy search
+  --method sample      from softmax(logits / --temperature), restricted to the --top_k
+                       likeliest tokens (0: all), then to the smallest set holding --top_p
+                       of the probability (1: all); --seed fixes the draw. --top_k 1 is greedy.
+A decoding flag given for a task that does not generate, or for another method than its
+own (--num_beams without --method beam, --top_k without --method sample, ...), is an
+error in one line, never silently ignored.
 """
 
 import functools
@@ -19,7 +34,7 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from bloom_jax import cli, compat, decoding, runs, sharding
+from bloom_jax import cli, compat, decoding, runs, sharding, task_types
 from bloom_jax.errors import ConfigError, DataError
 from bloom_jax.evaluation import left_padded
 
@@ -84,14 +99,18 @@ class Predictor:
     """Softmax of the task's logits."""
     return np.asarray(jax.nn.softmax(self.outputs(task, batch), axis=-1))
 
-  def generate(self, task, prompts: list[list[int]], width: int, **options) -> list[str]:
-    """Continuations of token prompts (left-padded to `width`), decoded to text."""
+  def generate(self, task, prompts: list[list[int]], width: int,
+               max_new_tokens: int | None = None, **options) -> list[str]:
+    """Continuations of token prompts (left-padded to `width`), decoded to text: at most
+    `max_new_tokens` tokens each (default: the task's target length). `options` are
+    `decoding.generate`'s (method, num_beams, temperature, top_k, top_p, seed)."""
     tok, n = self.tokenizer, len(prompts)
     ids, mask = left_padded(prompts + [prompts[-1]] * (-n % self.multiple), width, tok.pad_id)
     result = decoding.generate(
         *self._decoder, sharding.global_batch(ids, self.run.mesh),
-        sharding.global_batch(mask, self.run.mesh), max_new_tokens=task.target_length,
-        eos_id=tok.eos_id, pad_id=tok.pad_id, prompt_mode=task.attention, **options)
+        sharding.global_batch(mask, self.run.mesh),
+        max_new_tokens=max_new_tokens or task.target_length, eos_id=tok.eos_id,
+        pad_id=tok.pad_id, prompt_mode=task.attention, **options)
     tokens, lengths = jax.device_get((result['tokens'], result['lengths']))
     return [tok.decode([int(x) for x in row[:length] if x != tok.eos_id])
             for row, length in zip(tokens[:n], lengths[:n], strict=True)]
@@ -111,21 +130,51 @@ def _pad_rows(batch: dict, multiple: int) -> dict:
   return {k: pad(v) for k, v in batch.items()}
 
 
+# The decoding flags, and the --method each belongs to (None: every method).
+DECODING_FLAGS = {'max_new_tokens': None, 'method': None, 'num_beams': 'beam',
+                  'temperature': 'sample', 'top_k': 'sample', 'top_p': 'sample',
+                  'seed': 'sample'}
+
+
+def decoding_options() -> dict:
+  """`Predictor.generate`'s options from the flags: only those of --method, checked."""
+  method = FLAGS.method
+  for name, own in DECODING_FLAGS.items():
+    if own and own != method and FLAGS[name].present:
+      raise ConfigError(f'--{name}: applies to --method={own} only (this is --method={method})')
+  if not FLAGS.temperature > 0:
+    raise ConfigError(f'--temperature: must be positive, got {FLAGS.temperature}')
+  if not 0 < FLAGS.top_p <= 1:
+    raise ConfigError(f'--top_p: must be in (0, 1], got {FLAGS.top_p}')
+  options = {'method': method, 'max_new_tokens': FLAGS.max_new_tokens}
+  if method == 'beam':
+    options['num_beams'] = FLAGS.num_beams
+  if method == 'sample':
+    options.update(temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
+                   seed=FLAGS.seed)
+  return options
+
+
 def main(argv):
   del argv
   if bool(FLAGS.text) == bool(FLAGS.input):
     raise ConfigError('give exactly one of --text or --input')
+  options = decoding_options()
   output = FLAGS.output and cli.inside_workdir(FLAGS.workdir, FLAGS.output, '--output')
   texts = [FLAGS.text] if FLAGS.text else read_texts(FLAGS.input, FLAGS.field)
   run = runs.load_run(FLAGS.workdir)
   if FLAGS.task not in run.pipe.tasks:
     raise ConfigError(f'--task: the run in {FLAGS.workdir} has no head for {FLAGS.task!r} '
                       f'(it has {", ".join(run.pipe.tasks)})')
-  predictor = Predictor(run)
   task = run.pipe.tasks[FLAGS.task]
-  options = dict(method=FLAGS.method, temperature=FLAGS.temperature, top_k=FLAGS.top_k,
-                 top_p=FLAGS.top_p, num_beams=FLAGS.num_beams, seed=FLAGS.seed) \
-      if task.type.generates else {}
+  if not task.type.generates:
+    given = [f'--{name}' for name in DECODING_FLAGS if FLAGS[name].present]
+    if given:
+      generating = ', '.join(t.name for t in task_types.TYPES.values() if t.generates)
+      raise ConfigError(f'{", ".join(given)}: {FLAGS.task!r} is a {task.type.name} task, which '
+                        f'generates no text (decoding options apply to {generating} tasks)')
+    options = {}
+  predictor = Predictor(run)
   out = open(output, 'w', encoding='utf-8') if output else None
   chunk = 64
   for start in range(0, len(texts), chunk):
@@ -150,10 +199,13 @@ if __name__ == '__main__':
   flags.DEFINE_string('field', 'text', 'JSONL field holding the text.')
   flags.DEFINE_string('output', None,
                       'JSONL output for --input, relative to --workdir (default: stdout).')
+  flags.DEFINE_integer('max_new_tokens', None, 'Generating tasks: tokens generated at most '
+                       "(default: the task's target length).", lower_bound=1)
   flags.DEFINE_enum('method', 'greedy', ['greedy', 'sample', 'beam'], 'Decoding method.')
-  flags.DEFINE_float('temperature', 1.0, 'Sampling temperature.')
-  flags.DEFINE_integer('top_k', 0, 'Sample among the k likeliest tokens (0: all).')
-  flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass.')
-  flags.DEFINE_integer('num_beams', 4, 'Beams for --method=beam.')
-  flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+  flags.DEFINE_float('temperature', 1.0, '--method=sample: logits are divided by it.')
+  flags.DEFINE_integer('top_k', 0, '--method=sample: among the k likeliest tokens (0: all).',
+                       lower_bound=0)
+  flags.DEFINE_float('top_p', 1.0, '--method=sample: nucleus probability mass (1: all).')
+  flags.DEFINE_integer('num_beams', 4, '--method=beam: beams kept.', lower_bound=1)
+  flags.DEFINE_integer('seed', 0, '--method=sample: the draw\'s seed.')
   cli.run(main)
