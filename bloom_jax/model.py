@@ -1,8 +1,10 @@
 """The BLOOM language model (BigScience, 2022) as a Flax NNX module.
 
-    h_0   = LayerNorm(E[ids])                       (+ a sin/cos table if position='sinusoidal')
+    h_0   = LayerNorm(E[ids] + A)                   (+ a sin/cos table if position='sinusoidal')
     h_l   = Block_l(h_{l-1}),  l = 1..L             (scanned: compile time does not grow with L)
     logits = LayerNorm(h_L) @ E^T                   (the LM head is tied to the embeddings)
+
+A is 0 or further input embeddings the caller adds (a task's part-of-speech tags).
 
 The attention mode is chosen per call: `causal` (generation), `bidirectional`
 (encoders for classification and tagging) or `prefix` (bidirectional over a source,
@@ -143,7 +145,7 @@ class Bloom(nnx.Module):
     return tied_projection(hidden, embeddings).astype(jnp.float32)
 
   def hidden_states(self, input_ids, attention_mask=None, *, mode='causal', prefix_mask=None,
-                    segment_ids=None, cache=None, dropout_key=None):
+                    segment_ids=None, added_embeddings=None, cache=None, dropout_key=None):
     """Final-LayerNorm hidden states [B, S, H] (and the updated cache, or None).
 
     `attention_mask` [B, S] marks real tokens (1) and padding (0), left or right.
@@ -151,8 +153,10 @@ class Bloom(nnx.Module):
     0 is padding): every example attends only to itself, its positions start at 0, and
     the mode applies inside it, so its hidden states are those it would have alone.
     `prefix_mask` [B, S] marks the bidirectional prefix (of each segment) in mode
-    'prefix'. With a cache, the S new tokens follow the ones already cached. `dropout_key`
-    turns dropout on (training); without it the model is deterministic.
+    'prefix'. `added_embeddings` [B, S, H] are added to the word embeddings before their
+    LayerNorm: further input embeddings, such as a task's part-of-speech tag embeddings.
+    With a cache, the S new tokens follow the ones already cached. `dropout_key` turns
+    dropout on (training); without it the model is deterministic.
     """
     cfg = self.cfg
     batch, length = input_ids.shape
@@ -175,6 +179,8 @@ class Bloom(nnx.Module):
     query_positions = jax.lax.dynamic_slice_in_dim(positions, offset, length, 1)
 
     x = jnp.take(self.word_embeddings[...], input_ids, axis=0).astype(cfg.dtype)
+    if added_embeddings is not None:
+      x = x + added_embeddings.astype(cfg.dtype)
     if cfg.position == 'sinusoidal':
       x = x + layers.sinusoidal_embedding(query_positions, cfg.hidden_size).astype(cfg.dtype)
     x = self.word_embeddings_layernorm(x)
