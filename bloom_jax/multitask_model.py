@@ -1,23 +1,48 @@
-"""One BLOOM trunk shared by every task, and each task's head on top of it."""
+"""One BLOOM trunk shared by every task, and each task's head on top of it.
+
+A task with a `pos_tagger` also has a tag embedding table: its rows' `pos_tags` (tag
+index + 1, 0 for none) are embedded and added to the word embeddings, before their
+LayerNorm, as one more input embedding. The table starts at zero, so the model starts
+as the one without tags; like biases, it has no weight decay.
+"""
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
+from bloom_jax.compat import param
 from bloom_jax.model import Bloom, BloomConfig
 
 
+class TagEmbeddings(nnx.Module):
+  """[num_tags + 1, hidden] embeddings of a tagger's tags; row 0 is 'no tag'."""
+
+  def __init__(self, cfg: BloomConfig, num_tags: int):
+    self.embedding = param(jnp.zeros((num_tags + 1, cfg.hidden_size), cfg.param_dtype),
+                           ('labels', 'embed'))
+
+  def __call__(self, tags: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding[...], tags, axis=0)
+
+
 class MultiTaskModel(nnx.Module):
-  """The trunk, plus the heads the tasks' types make (`TaskType.make_head`)."""
+  """The trunk, plus the heads the tasks' types make (`TaskType.make_head`) and the tag
+  embeddings of the tasks with a part-of-speech tagger."""
 
   def __init__(self, cfg: BloomConfig, tasks: dict, *, rngs: nnx.Rngs):
     self.bloom = Bloom(cfg, rngs=rngs)
     made = {name: task.type.make_head(cfg, task, rngs) for name, task in sorted(tasks.items())}
     self.heads = nnx.Dict({name: head for name, head in made.items() if head is not None})
+    tagged = {name: task.pos_tagger.num_tags for name, task in sorted(tasks.items())
+              if task.pos_tagger}
+    if tagged:  # only then: the parameters of runs without taggers stay as they were
+      self.tag_embeddings = nnx.Dict({name: TagEmbeddings(cfg, n) for name, n in tagged.items()})
 
   def __call__(self, task, batch: dict, dropout_key=None) -> jax.Array:
     """Logits of one task's packed rows, where its type needs them."""
     trunk_key, head_key = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    tags = self.tag_embeddings[task.name](batch['pos_tags']) if task.pos_tagger else None
     hidden, _ = self.bloom.hidden_states(
         batch['input_ids'], segment_ids=batch['segment_ids'], mode=task.attention,
-        prefix_mask=batch.get('prefix_mask'), dropout_key=trunk_key)
+        prefix_mask=batch.get('prefix_mask'), added_embeddings=tags, dropout_key=trunk_key)
     return task.type.logits(self, task, hidden, batch, head_key)

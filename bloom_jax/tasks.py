@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from bloom_jax import task_types
+from bloom_jax import pos_features, task_types
 from bloom_jax.data import readers, sources
 from bloom_jax.data import synthetic as syn
 from bloom_jax.errors import ConfigError
@@ -42,6 +42,8 @@ class TaskSpec:
   max_length: int = 64             # tokens per row (and per example), special tokens included
   max_target_length: int = 0       # generation: target tokens kept (0: a quarter of max_length)
   stopwords: bool = False          # drop English stop words from the input text
+  pos_tagger: object = None        # a `pos_features.Tagger` tagging the input words, or None
+                                   #   (config: the tagger run's workdir, '' for none)
   attention: str = ''              # 'causal' | 'bidirectional' | 'prefix' ('': the type's)
   rate: float = 1.0
   loss_weight: float = 1.0
@@ -123,9 +125,10 @@ REGISTRY: dict[str, TaskSpec] = {t.name: t for t in [
 ]}
 
 CONFIG_KEYS = ('rate', 'loss_weight', 'max_length', 'max_target_length', 'stopwords',
-               'attention', 'labels')
+               'attention', 'labels', 'pos_tagger')
 FIELD_TYPES = {'rate': (int, float), 'loss_weight': (int, float), 'max_length': (int,),
-               'max_target_length': (int,), 'stopwords': (bool,), 'attention': (str,)}
+               'max_target_length': (int,), 'stopwords': (bool,), 'attention': (str,),
+               'pos_tagger': (str,)}
 # The keys that declare a task in the config alone (`type`, `reader` and `files` required).
 DECLARE_KEYS = ('type', 'reader', 'files', 'options', 'holdout', 'holdout_seed', 'description')
 SPLITS = ('train', 'validation', 'test')
@@ -167,6 +170,9 @@ def configure(tasks_config, data_dir: str | None = None) -> dict[str, TaskSpec]:
                           '(runs.prepare_data reads them)')
       spec = dataclasses.replace(spec, labels=spec.source.labels(spec, data_dir))
     spec.type.check(spec, key)
+    if isinstance(spec.pos_tagger, str):  # the config's workdir -> the tagger it holds
+      tagger = _pos_tagger(spec.pos_tagger, f'{key}.pos_tagger') if spec.pos_tagger else None
+      spec = dataclasses.replace(spec, pos_tagger=tagger)
     out[name] = spec
   if not out:
     raise ConfigError('tasks: the mixture names no task')
@@ -219,6 +225,29 @@ def _declared(name: str, cfg: dict, key: str) -> TaskSpec:
     raise ConfigError(f'{key}.holdout_seed: an integer, got {seed!r}')
   source = sources.Local(task_type, cfg['reader'], files, options, float(holdout), seed)
   return TaskSpec(name, task_type, source, description=str(cfg.get('description', '')))
+
+
+def _pos_tagger(path: str, key: str) -> pos_features.Tagger:
+  """The tagging task of the finished run in `path`, as its saved config declares it."""
+  where, step, saved = pos_features.finished_run(path, key)
+  try:
+    load_modules(saved.get('task_modules') or '')
+    entries = {name: dict(cfg) for name, cfg in saved.get('tasks', {}).items()}
+    tagging = [name for name, cfg in entries.items() if _type_name(name, cfg) == TAGGING.name]
+    if len(tagging) != 1:
+      raise ConfigError(f'{"more than one" if tagging else "no"} tagging task '
+                        f'(it has {", ".join(entries) or "no task"})')
+    task = configure({tagging[0]: entries[tagging[0]]})[tagging[0]]
+  except ConfigError as e:
+    raise ConfigError(f'{key}: {path}: {e}') from None
+  return pos_features.Tagger(where, step, task, saved)
+
+
+def _type_name(name: str, cfg: dict) -> str:
+  """The type of a config entry's task: declared, or the registered task's."""
+  if 'type' in cfg:
+    return str(cfg['type'])
+  return REGISTRY[name].type.name if name in REGISTRY else ''
 
 
 def _files(files, key: str) -> tuple:
@@ -314,8 +343,8 @@ def load_modules(paths: str) -> tuple[str, ...]:
 def resolve(config, data_dir: str) -> dict[str, TaskSpec]:
   """The run's tasks, with `config` completed in place so that the config saved with its
   checkpoints rebuilds the same tasks in any later process: `task_modules` imported and
-  made absolute, and the labels read from a training file written to `tasks.<name>.labels`
-  (their order is the head's)."""
+  made absolute, the labels read from a training file written to `tasks.<name>.labels`
+  (their order is the head's), and `pos_tagger` workdirs made absolute."""
   paths = load_modules(config.get('task_modules', ''))
   specs = configure(config.tasks, data_dir)
   with config.unlocked():
@@ -326,6 +355,8 @@ def resolve(config, data_dir: str) -> dict[str, TaskSpec]:
       listed = cfg.get('labels') or ('type' not in cfg and REGISTRY[name].labels)
       if spec.labels and not listed:
         cfg.labels = list(spec.labels)
+      if spec.pos_tagger:  # absolute: the run's saved config works from any directory
+        cfg.pos_tagger = spec.pos_tagger.path
   return specs
 
 

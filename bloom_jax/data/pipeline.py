@@ -233,10 +233,13 @@ class Pipeline:
     return tok
 
   def _prepare(self, spec) -> Prepared:
-    key = _hash({'v': FORMAT_VERSION, 'source': spec.source.fingerprint(self.data_dir),
-                 'type': spec.type.name, 'labels': spec.labels, 'max_length': spec.max_length,
-                 'target_length': spec.target_length, 'stopwords': spec.stopwords,
-                 'tokenizer': self.tokenizer.fingerprint()})
+    fields = {'v': FORMAT_VERSION, 'source': spec.source.fingerprint(self.data_dir),
+              'type': spec.type.name, 'labels': spec.labels, 'max_length': spec.max_length,
+              'target_length': spec.target_length, 'stopwords': spec.stopwords,
+              'tokenizer': self.tokenizer.fingerprint()}
+    if spec.pos_tagger:  # its path and checkpoint step (the keys of untagged tasks stay)
+      fields['pos_tagger'] = spec.pos_tagger.fingerprint()
+    key = _hash(fields)
     path = os.path.join(self.prepared_dir, f'{spec.name}-{key}')
     if os.path.exists(path + '.npz') and os.path.exists(path + '.json'):
       return Prepared.load(path)

@@ -6,13 +6,18 @@ The head is a linear layer on the trunk's final states. It is applied at every p
 of a packed row (a [hidden, labels] product costs next to nothing) and the loss reads it
 at each segment's last token: per-example pooling, as Hugging Face's BLOOM classifier
 pools the last real token.
+
+With a `pos_tagger` (`bloom_jax.pos_features`), the text is encoded word by word, as
+tagging encodes it (each whitespace word's subwords, a space before all but the first),
+so that every token knows its word; for the byte-level BPE these are exactly the tokens
+of the whole text. Each token then carries its word's tag in `pos_tags` (0 at <s>, </s>).
 """
 
 import numpy as np
 
 from bloom_jax import heads, metrics
 from bloom_jax.data import packing, text
-from bloom_jax.task_types import base
+from bloom_jax.task_types import base, tagging
 
 
 def clean_input(task, s: str) -> str:
@@ -21,11 +26,24 @@ def clean_input(task, s: str) -> str:
   return text.remove_stopwords(s) if task.stopwords else s
 
 
+def tagged_tokens(task, tok, texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+  """Each text's tokens, encoded word by word, and each token's tag id (its word's tag
+  from `task.pos_tagger`: tag index + 1, 0 for a word the tagger did not reach)."""
+  sentences = [t.split() for t in texts]
+  word_tags = task.pos_tagger.tag(sentences)
+  body, tags = [], []
+  for pieces, ids in zip(tagging.word_pieces(tok, sentences), word_tags, strict=True):
+    body.append([i for piece in pieces for i in piece])
+    tags.append([t for piece, t in zip(pieces, ids, strict=True) for _ in piece])
+  return body, tags
+
+
 class Classification(base.TaskType):
   name = 'classification'
   attention = 'bidirectional'
   fields = {'text': 'text', 'label': 'text'}
   takes_stopwords = True
+  takes_pos_tags = True
   metrics = ('accuracy', 'macro_f1')
   needs_labels = True
 
@@ -41,7 +59,11 @@ class Classification(base.TaskType):
 
   def encode(self, task, tok, rows, train, token_bytes):
     del train, token_bytes
-    body = tok.encode_batch([r['text'] for r in rows])
+    texts = [r['text'] for r in rows]
+    if task.pos_tagger:
+      body, tags = tagged_tokens(task, tok, texts)
+    else:
+      body = tok.encode_batch(texts)
     seqs = [[tok.bos_id] + ids[:task.max_length - 2] + [tok.eos_id] for ids in body]
     ids, lengths = packing.ragged(seqs)
     last = np.cumsum(lengths) - 1
@@ -52,8 +74,10 @@ class Classification(base.TaskType):
     if values is not None:
       targets[last] = values
     full = np.array([len(b) + 2 for b in body], np.int32)
-    examples = packing.Examples({'input_ids': ids, 'targets': targets, 'weights': weights},
-                                lengths)
+    fields = {'input_ids': ids, 'targets': targets, 'weights': weights}
+    if task.pos_tagger:
+      fields['pos_tags'] = packing.ragged([[0] + t[:task.max_length - 2] + [0] for t in tags])[0]
+    examples = packing.Examples(fields, lengths)
     return examples, {'length': full, 'truncated': full > task.max_length}
 
   def target_values(self, task, rows) -> np.ndarray:
@@ -64,8 +88,14 @@ class Classification(base.TaskType):
   def describe(self, task, tok, example, sample):
     at = np.flatnonzero(example['weights'])[0]
     decoded = tok.decode(example['input_ids'])
-    return [f'    label={task.labels[example["targets"][at]]!r} (source {sample["label"]!r}) '
-            f'{base.verdict(decoded, sample["text"])}: {decoded!r}']
+    lines = [f'    label={task.labels[example["targets"][at]]!r} (source {sample["label"]!r}) '
+             f'{base.verdict(decoded, sample["text"])}: {decoded!r}']
+    if task.pos_tagger:
+      names = ('-', *task.pos_tagger.task.labels)
+      lines.append('    pos_tags: ' + ' '.join(
+          f'{tok.decode([i])!r}/{names[t]}'
+          for i, t in zip(example['input_ids'][1:-1], example['pos_tags'][1:-1], strict=True)))
+    return lines
 
   def make_head(self, model_cfg, task, rngs):
     return heads.LinearHead(model_cfg, len(task.labels), rngs=rngs)
