@@ -11,7 +11,6 @@ import functools
 import math
 
 import numpy as np
-from rouge_score import rouge_scorer
 
 ROUGE_TYPES = ('rouge1', 'rouge2', 'rougeL')
 
@@ -133,7 +132,10 @@ def word_accuracy(pred, target, weights, num_words=None) -> float:
 
 
 @functools.cache
-def _rouge_scorer() -> rouge_scorer.RougeScorer:
+def _rouge_scorer():
+  # Imported on first use: rouge-score loads nltk and scipy, seconds of start-up that
+  # programs without a generation task never need.
+  from rouge_score import rouge_scorer
   return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
 

@@ -22,13 +22,12 @@ import ml_collections
 
 from configs import default
 
-# task: (rows per step, tokens per row). Rows are packed (several examples each), so
-# short-example tasks use longer rows and fewer of them: the same tokens per step as one
-# example per row of half the length, with more examples in them.
+# task: (rows per step, tokens per row). Rows are packed: several examples each, as many
+# as fit (python -m bloom_jax.data --config configs/real_multitask.py --json F shows how many).
 TASKS = {
-    'pos': (8, 128),
-    'sst2': (8, 96),
-    'trec': (4, 64),
+    'pos': (16, 64),
+    'sst2': (16, 48),
+    'trec': (8, 32),
     'aeslc': (8, 160),
     'shakespeare': (8, 128),
 }
