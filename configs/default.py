@@ -53,10 +53,13 @@ def get_config(arg=None):
 
   # Tasks of the mixture: the registry (bloom_jax/tasks.py) declares them; these
   # fields set how they train together.
+  # `attention`: 'causal' | 'bidirectional' | 'prefix' ('': the task type's own mode).
   c.tasks = ml_collections.ConfigDict()
   for name, max_length in [('sentiment', 32), ('tagging', 32), ('summarize', 32), ('lm', 64)]:
     c.tasks[name] = ml_collections.ConfigDict(
-        dict(rate=1.0, loss_weight=1.0, max_length=max_length))
+        dict(rate=1.0, loss_weight=1.0, max_length=max_length, attention=''))
+  c.tasks.sentiment.pos_tagger = ''  # a finished tagging run's workdir: its part-of-speech
+                                     #   tags become an input (docs/data.md)
   c.tasks.summarize.rate = 2.0     # copying nouns needs more examples than the rest to click
 
   c.model = ml_collections.ConfigDict()

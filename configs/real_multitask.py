@@ -50,8 +50,11 @@ def get_config(arg=None):
   c.tasks = ml_collections.ConfigDict()
   for name, (rows, max_length) in TASKS.items():
     c.tasks[name] = ml_collections.ConfigDict(
-        dict(rate=rows / c.data.batch_size, loss_weight=1.0, max_length=max_length))
+        dict(rate=rows / c.data.batch_size, loss_weight=1.0, max_length=max_length,
+             attention=''))
   c.tasks.aeslc.max_target_length = 24  # subjects are short; the rest of the 160 is the body
+  for name in ('sst2', 'trec'):  # a tagging run's workdir: POS tags as an input (docs/data.md)
+    c.tasks[name].pos_tagger = ''
 
   c.model.hidden_size = 128
   c.model.n_layer = 3
