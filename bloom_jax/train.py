@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from bloom_jax import (
@@ -157,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        force=stopped_early)
       if stopped_early:
         break
-      if preempted.is_set():
+      if preempted.is_set(step):
         console.end_line()
         logging.warning('SIGTERM received: saving step %d and exiting.', step)
         if ckpt.latest_step() != step:
@@ -278,17 +279,28 @@ def _write(writer, metrics_file, line: dict) -> dict:
 
 
 class _PreemptionFlag:
-  """Set by SIGTERM (how schedulers preempt); the loop saves and exits at the next step."""
+  """SIGTERM (how schedulers preempt): the loop saves and exits.
+
+  With one process, a handler of ours sets a flag. With several, a host signalled alone
+  must not stop alone (the others would wait in the next collective forever): JAX's
+  preemption service, started by `jax.distributed.initialize`, catches SIGTERM, tells
+  every process, and they agree on the step after the furthest one, at which all of them
+  save and exit (`multihost_utils.reached_preemption_sync_point`, asked at every step).
+  """
 
   def __init__(self):
     self._set = False
-    signal.signal(signal.SIGTERM, self._handle)
+    self._agreed = jax.process_count() > 1
+    if not self._agreed:
+      signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     self._set = True
 
-  def is_set(self) -> bool:
+  def is_set(self, step: int) -> bool:
+    if self._agreed:
+      return multihost_utils.reached_preemption_sync_point(step)
     return self._set
 
 

@@ -54,8 +54,8 @@ def stopped_early(tmp_path_factory):
 
   preempt_calls = []
 
-  def preempt_after_step_3(self):
-    del self
+  def preempt_after_step_3(self, step):
+    del self, step
     preempt_calls.append(1)
     return len(preempt_calls) == 3
 

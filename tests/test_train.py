@@ -99,7 +99,8 @@ def test_stop_and_resume_is_bitwise_exact(tmp_path, pipe, monkeypatch):
   # Preempted right after the step-4 checkpoint, then the same command again.
   calls = {'n': 0}
 
-  def preempt_at_4(self):
+  def preempt_at_4(self, step):
+    del step
     calls['n'] += 1
     return calls['n'] == 4
 
@@ -224,6 +225,32 @@ def test_two_processes_agree_with_one(tmp_path):
       assert multi[0][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
+  """A pod's scheduler may signal only some hosts: all of them must save the same step and
+  exit 0, or the others would hang in the next collective."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  procs = [_run_cli(str(tmp_path), '--config.total_steps=100000',
+                    '--config.checkpoint_every=100000', '--config.eval_every=100000',
+                    env=child_env(2, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+                                  JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i)))
+           for i in range(2)]
+  while not (tmp_path / 'metrics.jsonl').exists():  # training is under way on both
+    assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-2000:]
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)  # the non-chief alone: process 0 must learn of it
+  saved = []
+  for proc in procs:
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-2000:]
+    saved += [int(m) for m in re.findall(r'SIGTERM received: saving step (\d+)', stderr)]
+  assert len(saved) == 2 and saved[0] == saved[1], saved
+  latest = checkpointing.Checkpointer(str(tmp_path), keep=2, create=False).latest_step()
+  assert latest == saved[0] < 100000
+
+
 def test_gradient_accumulation_equals_one_big_batch(pipe):
   mesh = sharding.make_mesh(dict(data=8, fsdp=1, tensor=1))
   results = []
@@ -255,8 +282,8 @@ def test_nonfinite_loss_stops_without_poisoning_checkpoints(tmp_path):
   assert sum(x.get('skipped', 0) for x in lines) > 0
 
 
-def _run_cli(workdir, *overrides, prefix=()):
-  env = child_env(1)
+def _run_cli(workdir, *overrides, prefix=(), env=None):
+  env = env or child_env(1)
   return subprocess.Popen(
       [*prefix, sys.executable, '-m', 'bloom_jax.train', '--config', 'tests/tiny.py',
        '--workdir', workdir, '--config.total_steps=12', '--config.checkpoint_every=3',
