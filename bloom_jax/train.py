@@ -305,15 +305,21 @@ class _PreemptionFlag:
 
 
 def initialize_distributed() -> None:
-  """Joins a multi-process run when launched as one (env JAX_COORDINATOR_ADDRESS,
-  JAX_NUM_PROCESSES, JAX_PROCESS_ID); on TPU pods and SLURM jax finds these itself."""
+  """Joins a multi-process run when launched as one: explicitly (env JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES, JAX_PROCESS_ID), or as one task of a multi-task SLURM job or one
+  worker of a multi-host TPU slice, whose settings JAX reads from their environment."""
   address = os.environ.get('JAX_COORDINATOR_ADDRESS')
-  if not address:
+  detected = (int(os.environ.get('SLURM_NTASKS', '1')) > 1
+              or ',' in os.environ.get('TPU_WORKER_HOSTNAMES', ''))
+  if not address and not detected:
     return
   if jax.config.jax_platforms in (None, '', 'cpu'):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(address, int(os.environ['JAX_NUM_PROCESSES']),
-                             int(os.environ['JAX_PROCESS_ID']))
+  if address:
+    jax.distributed.initialize(address, int(os.environ['JAX_NUM_PROCESSES']),
+                               int(os.environ['JAX_PROCESS_ID']))
+  else:
+    jax.distributed.initialize()
 
 
 def main(argv):
