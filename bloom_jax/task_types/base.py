@@ -15,6 +15,8 @@ Nothing outside the task types branches on which type a task has: a new type is 
 module here plus its line in `task_types/__init__.py`.
 """
 
+import abc
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +26,7 @@ from bloom_jax.data import packing
 from bloom_jax.errors import ConfigError
 
 
-class TaskType:
+class TaskType(abc.ABC):
   name = ''
   attention = 'bidirectional'    # the default attention mode of its examples
   fields: dict[str, str] = {}    # canonical example fields: 'text' or 'texts' (a list)
@@ -55,24 +57,24 @@ class TaskType:
 
   # ------------------------------------------------------------------ data
 
+  @abc.abstractmethod
   def clean(self, task, row: dict) -> dict | str | None:
     """The row with its text normalised; None when nothing is left of it, or the kind of
     problem that makes it unusable (counted, e.g. 'unknown_label')."""
-    raise NotImplementedError
 
   def labels_of(self, row: dict) -> list:
     """The label values of a row, checked against the task's labels and counted."""
     del row
     return []
 
+  @abc.abstractmethod
   def training_text(self, row: dict) -> str:
     """The text of a row that the tokenizer learns from."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def encode(self, task, tok, rows: list[dict], train: bool, token_bytes) -> tuple:
     """(Examples, info): every row's tokens; `info` has per-row `length` (tokens before
     truncation) and `truncated` flags. Rows without targets encode model inputs only."""
-    raise NotImplementedError
 
   def inference_rows(self, task, tok, texts: list) -> list[dict]:
     """Raw inputs (strings) -> canonical rows without targets, cleaned as in training."""
@@ -95,8 +97,9 @@ class TaskType:
     del model_cfg, task, rngs
     return None
 
+  @abc.abstractmethod
   def logits(self, model, task, hidden: jax.Array, batch: dict, dropout_key) -> jax.Array:
-    raise NotImplementedError
+    """The trunk's final states [B, S, H] -> the outputs `losses` and `predictions` read."""
 
   def vocab_positions(self, task) -> int:
     """Positions per row that `logits` projects onto the vocabulary (for FLOP counts)."""
@@ -126,11 +129,13 @@ class TaskType:
 
   # ------------------------------------------------------------------ prediction
 
+  @abc.abstractmethod
   def predict(self, predictor, task, texts: list, **options) -> list[dict]:
-    raise NotImplementedError
+    """One answer (a JSON-able dict) per raw input text (`predict.Predictor`)."""
 
+  @abc.abstractmethod
   def format_prediction(self, task, prediction: dict) -> str:
-    raise NotImplementedError
+    """One answer as a line for the terminal."""
 
 
 class Accumulator:
@@ -148,7 +153,7 @@ class Accumulator:
     return {'loss': metrics.ratio(self.loss, self.count)}
 
 
-class ExampleMetrics(Accumulator):
+class ExampleMetrics(Accumulator, abc.ABC):
   """Keeps every scored example's prediction and target; subclasses compare them whole
   in `scores` (metrics such as F1 or a correlation do not add up over batches)."""
 
@@ -161,8 +166,9 @@ class ExampleMetrics(Accumulator):
     self.preds.append(scored(batch, result['predictions']))
     self.targets.append(scored(batch, batch['targets']))
 
+  @abc.abstractmethod
   def scores(self, pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    raise NotImplementedError
+    """The type's metrics of every scored prediction against its target."""
 
   def result(self):
     pred, target = (np.concatenate(x) if x else np.zeros(0) for x in (self.preds, self.targets))

@@ -36,14 +36,12 @@ class LanguageModel(base.TaskType):
     n = max(len(stream) - 1, 0)
     count = n // length if train else -(-n // length)
     windows = [stream[w * length: w * length + length + 1] for w in range(count)]
-    ids = np.concatenate([w[:-1] for w in windows]) if windows else np.zeros(0, np.int32)
-    targets = np.concatenate([w[1:] for w in windows]) if windows else np.zeros(0, np.int32)
-    lengths = np.array([len(w) - 1 for w in windows], np.int32)
+    ids, lengths = packing.ragged([w[:-1] for w in windows])
+    targets, _ = packing.ragged([w[1:] for w in windows])
     examples = packing.Examples(
         {'input_ids': ids, 'targets': targets, 'weights': np.ones(len(ids), np.float32)},
-        lengths, {'target_bytes': np.add.reduceat(token_bytes[targets], np.concatenate(
-            [[0], np.cumsum(lengths)[:-1]])).astype(np.int32) if count else
-            np.zeros(0, np.int32)})
+        lengths, {'target_bytes': np.array([token_bytes[w[1:]].sum() for w in windows],
+                                           np.int32)})
     full = np.array([len(d) + 1 for d in docs], np.int32)
     return examples, {'length': full, 'truncated': np.zeros(len(rows), bool)}
 
