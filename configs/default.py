@@ -38,6 +38,9 @@ def get_config(arg=None):
                                    #   or ~/.cache/bloom_jax/tfds)
   c.data.batch_size = 96           # rows per step, all tasks together
   c.data.pack = True               # several examples per row (segment ids keep them apart)
+  c.data.pack_group = 1024         # examples packed together (docs/data.md, "Streaming input")
+  c.data.read_threads = 2          # grain threads reading and packing ahead of the step
+  c.data.prefetch_groups = 2       # packed groups per task held ready
   c.data.rates = 'explicit'        # 'explicit' | 'size' | 'temperature'
   c.data.temperature = 2.0         # for rates='temperature'
   c.data.eval_batch_size = 64

@@ -10,8 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from bloom_jax.data import pipeline
-from bloom_jax.errors import DataError
+from bloom_jax.data import packing, pipeline, records, stream
+from bloom_jax.errors import CheckpointError, DataError
 from bloom_jax.task_types import GENERATION
 from configs import default, real_multitask
 
@@ -78,24 +78,40 @@ def test_tasks_and_batch_format(synthetic):
           > 0).all()
 
 
-def test_training_rows_hold_every_example_once(synthetic):
+def _groups(pipe, task, size, process_index=0, process_count=1, seed=0):
+  prepared = pipe.prepared[task]
+  return stream.packed_groups(prepared.file('train'), prepared.splits['train']['schema'],
+                              pipe.tasks[task], pipe.tokenizer.pad_id, pipe.packed, seed,
+                              process_index, process_count, size)
+
+
+def test_an_epoch_of_packed_rows_holds_every_example_once(synthetic):
   _, pipe, _ = synthetic
-  stats = pipe.row_statistics()
-  for task in pipe.tasks:
-    rows, examples = pipe.train_rows(task), pipe.prepared[task].examples['train']
-    assert stats[task]['rows'] == len(rows['input_ids'])
-    segments = rows['segment_ids'].max(axis=1)
-    assert segments.sum() == len(examples)
-    assert stats[task]['examples_per_row'] == pytest.approx(segments.mean())
-    assert stats[task]['nonpad_fraction'] == pytest.approx(
-        examples.lengths.sum() / rows['segment_ids'].size)
-    assert rows['weights'].sum() == examples.tokens['weights'].sum()
-  tagging = pipe.train_rows('tagging')
-  assert len(tagging['input_ids']) < len(pipe.prepared['tagging'].examples['train'])  # packed
-  assert tagging['num_words'].sum() == pipe.prepared['tagging'].examples['train'].scalars[
-      'num_words'].sum()
-  assert _token_lists(tagging) == _example_token_lists(
-      pipe.prepared['tagging'].examples['train'])
+  examples = pipe.examples('tagging', 'train')
+  n = len(examples)
+  groups = _groups(pipe, 'tagging', n)   # one group: the whole first epoch
+  rows = groups[0]
+  assert 'num_words' not in rows          # an evaluation-only field
+  assert rows['segment_ids'].max(axis=1).sum() == n
+  assert len(rows['input_ids']) < n       # packed
+  assert rows['weights'].sum() == examples.tokens['weights'].sum()
+  assert _token_lists(rows) == _example_token_lists(examples)
+  again = groups[1]                       # the second epoch: the same examples, another order
+  assert _token_lists(again) == _token_lists(rows)
+  assert not np.array_equal(again['input_ids'][:8], rows['input_ids'][:8])
+
+
+def test_row_statistics_of_the_training_stream(synthetic):
+  _, pipe, _ = synthetic
+  stats = pipe.row_statistics(steps=5)
+  it = pipe.train_iterator()
+  batches = [next(it) for _ in range(5)]
+  for task, spec in pipe.tasks.items():
+    segments = np.concatenate([b[task]['segment_ids'] for b in batches])
+    assert stats[task]['rows'] == 5 * spec.batch_size == len(segments)
+    assert stats[task]['examples_per_row'] == pytest.approx(segments.max(axis=1).mean())
+    assert stats[task]['nonpad_fraction'] == pytest.approx((segments > 0).mean())
+    assert stats[task]['nonpad_fraction'] > 0.8, (task, stats[task])
 
 
 def test_tokenizer_cached_in_workdir(synthetic):
@@ -110,38 +126,69 @@ def test_batches_are_a_function_of_seed_and_step(synthetic):
   config, pipe, workdir = synthetic
   a, b = pipe.train_iterator(), pipe.train_iterator()
   first = [next(a) for _ in range(3)]
-  b.set_state({'step': 2})
-  np.testing.assert_equal(next(b), first[2])
-  assert a.get_state() == {'step': 3} and json.dumps(a.get_state())
+  np.testing.assert_equal(next(b), first[0])
+  state = json.loads(json.dumps(b.get_state()))   # what a checkpoint stores
+  assert set(state) == set(pipe.tasks)
+  c = pipe.train_iterator()
+  c.set_state(state)
+  np.testing.assert_equal([next(c), next(c)], first[1:])
   assert not np.array_equal(first[0]['sentiment']['input_ids'], first[1]['sentiment']['input_ids'])
+  other = config.copy_and_resolve_references()
+  other.seed = 1
+  reseeded = next(pipeline.Pipeline(other, workdir=workdir).train_iterator())
+  assert not np.array_equal(reseeded['sentiment']['input_ids'], first[0]['sentiment']['input_ids'])
+  with pytest.raises(CheckpointError, match="no position for task"):
+    c.set_state({'step': 3})   # the state of an older pipeline
 
 
-def test_epochs_are_permutations_of_rows(synthetic):
+def test_batches_spanning_groups_resume(synthetic):
+  """With groups of 2 examples a batch spans several groups; the positions still resume."""
+  config, pipe, workdir = synthetic
+  small = config.copy_and_resolve_references()
+  small.data.pack_group = 2
+  again = pipeline.Pipeline(small, workdir=workdir)
+  it = again.train_iterator()
+  batches = [next(it) for _ in range(6)]
+  state = it.get_state()
+  assert state['tagging']['group'] >= 6   # 4 rows of 1 or more examples a step
+  more = next(it)
+  resumed = again.train_iterator()
+  resumed.set_state(state)
+  np.testing.assert_equal(next(resumed), more)
+  assert all((b['tagging']['segment_ids'].max(axis=1) >= 1).all() for b in batches)
+
+
+def _index_records(tmp_path, n):
+  """A split whose example i is the one token i: which examples a stream read is visible."""
+  writer = records.Writer(str(tmp_path / 'indices.array_record'))
+  ids = np.arange(n, dtype=np.int32)
+  writer.write(packing.Examples({'input_ids': ids, 'targets': ids,
+                                 'weights': np.ones(n, np.float32)}, np.ones(n, np.int32)))
+  writer.close()
+  return writer.path, writer.schema
+
+
+def test_processes_read_disjoint_shares_whose_union_is_the_epoch(synthetic, tmp_path):
   _, pipe, _ = synthetic
-  it = pipe.train_iterator()
-  task_index = list(pipe.tasks).index('tagging')
-  n = len(pipe.train_rows('tagging')['input_ids'])
-  steps = -(-2 * n // 4) + 1   # a little over two epochs of 4 rows a step
-  seen = np.concatenate([it.indices(task_index, 'tagging', s) for s in range(steps)])
-  first, second = seen[:n], seen[n:2 * n]
-  assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(n))
-  assert not np.array_equal(first, second)   # each epoch its own order
-  batch = it.batch(3)['tagging']             # batches are those rows
-  np.testing.assert_array_equal(batch['input_ids'],
-                                pipe.train_rows('tagging')['input_ids'][seen[12:16]])
-  np.testing.assert_array_equal(batch['segment_ids'],
-                                pipe.train_rows('tagging')['segment_ids'][seen[12:16]])
+  n = 1000
+  path, schema = _index_records(tmp_path, n)
+  spec = pipe.tasks['tagging']
 
+  def seen(process_index, process_count, groups):
+    ds = stream.packed_groups(path, schema, spec, 0, True, 7, process_index, process_count,
+                              -(-n // (process_count * groups)))
+    ids = np.concatenate([ds[g]['input_ids'][ds[g]['segment_ids'] > 0] for g in range(groups)])
+    return ids.tolist()
 
-def test_process_shards_partition_the_batch(synthetic):
-  _, pipe, _ = synthetic
-  whole = pipe.train_iterator().batch(5)
-  parts = [pipe.train_iterator(p, 2).batch(5) for p in range(2)]
-  for task in whole:
-    assert set(parts[0][task]) == set(whole[task])
-    for field in whole[task]:
-      np.testing.assert_equal(np.concatenate([p[task][field] for p in parts]),
-                              whole[task][field], err_msg=f'{task}/{field}')
+  shares = [seen(p, 2, 4) for p in range(2)]
+  assert not set(shares[0]) & set(shares[1])
+  assert sorted(shares[0] + shares[1]) == list(range(n))
+  assert sorted(seen(0, 1, 4)) == list(range(n))           # one process reads it all
+  assert seen(0, 1, 4) != list(range(n))                     # shuffled
+  # Batches: each process holds its part of every task's rows.
+  parts = [next(pipe.train_iterator(p, 2)) for p in range(2)]
+  for task, spec in pipe.tasks.items():
+    assert [len(p[task]['input_ids']) for p in parts] == [spec.batch_size // 2] * 2
   with pytest.raises(ValueError, match='split evenly'):
     pipe.train_iterator(0, 3)
 
@@ -244,10 +291,8 @@ def test_eval_rows_unpacked_keep_example_order(synthetic):
     ids = examples.example(i)['input_ids']
     assert batch['input_ids'][i, :len(ids)].tolist() == ids.tolist()
   # The training rows too: one example each.
-  assert len(alone.train_rows('tagging')['input_ids']) == len(
-      alone.prepared['tagging'].examples['train'])
-  assert len(pipe.train_rows('tagging')['input_ids']) < len(
-      alone.train_rows('tagging')['input_ids'])
+  assert len(_groups(alone, 'tagging', 512)[0]['input_ids']) == 512
+  assert len(_groups(pipe, 'tagging', 512)[0]['input_ids']) < 512
 
 
 def test_references_follow_eval_order(synthetic):
@@ -397,10 +442,11 @@ def test_tfds_catalog_tasks_with_mock_data(tmp_path):
            'tfds_shakespeare')
   pipe = _mock_catalog_pipeline(tmp_path, names)
   for name in names:
-    assert len(pipe.prepared[name].examples['train']), name
+    examples = pipe.examples(name, 'train')
+    assert len(examples) == pipe.prepared[name].count('train') > 0, name
     assert pipe.has_split(name, 'validation'), name
-    rows = pipe.train_rows(name)
-    assert rows['segment_ids'].max(axis=1).sum() == len(pipe.prepared[name].examples['train'])
+    rows = pipe.rows(name, examples)
+    assert rows['segment_ids'].max(axis=1).sum() == len(examples)
   assert pipe.tasks['xsum'].attention == 'prefix' and pipe.tasks['ag_news'].type.name == \
       'classification'
   batch = next(pipe.train_iterator())

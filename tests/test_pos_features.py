@@ -80,7 +80,7 @@ def test_rows_carry_each_tokens_word_tag(tagged_run, tagger_dir):
     seen.update(expected)
   assert len(seen) >= 4  # the tagger tells words apart: the test is not about a constant
 
-  rows = run.pipe.train_rows('sentiment')
+  rows = next(run.pipe.train_iterator())['sentiment']
   assert rows['pos_tags'].shape == rows['input_ids'].shape
   assert not rows['pos_tags'][rows['segment_ids'] == 0].any()
   assert rows['pos_tags'][rows['segment_ids'] > 0].mean() > 1  # tagged, not all 0
@@ -94,7 +94,7 @@ def test_tag_embedding_learns_and_changes_predictions(tagged_run):
   assert np.abs(table).max() > 0  # zero-initialised: training moved it
 
   spec = run.pipe.tasks['sentiment']
-  batch = run.pipe.train_iterator().batch(0)
+  batch = next(run.pipe.train_iterator())
   counts = {'sentiment': jnp.sum(batch['sentiment']['weights'])}
   loss = functools.partial(steps.multitask_loss, graphdef=run.setup.graphdef,
                            abstract_state=run.setup.abstract_state, tasks=(spec,), batch=batch,
@@ -131,7 +131,7 @@ def test_the_tagger_is_part_of_the_cache_key(tagged_run, tmp_path):
   plain = config.copy_and_resolve_references()
   plain.tasks.sentiment.pos_tagger = ''
   pipe = pipeline.Pipeline(plain, workdir=str(tmp_path))
-  assert 'pos_tags' not in pipe.prepared['sentiment'].examples['train'].tokens
+  assert 'pos_tags' not in pipe.examples('sentiment', 'train', 1).tokens
   assert {f for f in os.listdir(prepared) if f.startswith('sentiment-')} > tagged
   tagger = run.pipe.tasks['sentiment'].pos_tagger
   assert tagger.fingerprint() == {'path': tagger.path, 'step': 60}

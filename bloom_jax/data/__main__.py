@@ -4,8 +4,9 @@
   python -m bloom_jax.data --config configs/real_multitask.py --config.data.dir=/data --show 2
   python -m bloom_jax.data --config configs/real_multitask.py --json packing.json
 
-`--json` writes, per task, how its training rows are packed: `rows`, `examples_per_row`
-and `nonpad_fraction` (the share of row positions that hold a token).
+`--json` writes, per task, how its training rows are packed (over the first 50 training
+batches): `rows`, `examples_per_row` and `nonpad_fraction` (the share of row positions
+that hold a token).
 """
 
 import json
@@ -40,10 +41,10 @@ def describe_split(name: str, split: str, stats: dict, max_length: int) -> list[
 
 def show_examples(pipe: Pipeline, name: str, split: str, count: int) -> list[str]:
   spec, tok = pipe.tasks[name], pipe.tokenizer
-  examples = pipe.prepared[name].examples[split]
   samples = pipe.prepared[name].stats[split]['samples']
+  examples = pipe.prepared[name].examples(split, min(count, len(samples)))
   lines = []
-  for i in range(min(count, len(samples), len(examples))):
+  for i in range(len(examples)):
     lines.append(f'    [{i}]')
     lines += spec.type.describe(spec, tok, examples.example(i), samples[min(i, len(samples) - 1)])
   return lines
@@ -55,7 +56,7 @@ def report(pipe: Pipeline, show: int) -> str:
   packing = pipe.row_statistics()
   for name, spec in pipe.tasks.items():
     p = packing[name]
-    lines.append(f'task {name}: {p["rows"]} training rows of {spec.max_length} tokens, '
+    lines.append(f'task {name}: first {p["rows"]} training rows of {spec.max_length} tokens: '
                  f'{p["examples_per_row"]:.2f} examples per row, '
                  f'{p["nonpad_fraction"]:.1%} of positions hold a token')
     lines.append(f'task {name} ({spec.type.name}): batch {spec.batch_size} (rate {spec.rate:.3f}), '

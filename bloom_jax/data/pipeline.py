@@ -1,18 +1,18 @@
-"""Prepared per-task examples, packed rows, the resumable train iterator and eval batches.
+"""Prepared per-task examples, the streamed training batches and evaluation batches.
 
 Preparation runs once per (task, source, preprocessing, tokenizer, lengths): TFDS builds
-the canonical examples, they are cleaned and encoded by the task's type into
-variable-length examples, saved as `<prepared>/<task>-<key>.npz` (+ a `.json` with
-statistics and references). Later runs, and every process of a multi-host job, load
-those files and never touch TensorFlow. Examples are packed into rows
-(`bloom_jax.data.packing`) when a run starts: training rows once, evaluation rows for the
-examples an evaluation scores.
+the canonical examples, they are cleaned and encoded by the task's type a chunk at a time
+into variable-length examples, written to `<prepared>/<task>-<key>.<split>.array_record`
+(`bloom_jax.data.records`, one record per example) with a `<task>-<key>.json` of
+statistics, references and the record layout. Later runs, and every process of a
+multi-host job, read those files and never touch TensorFlow; nothing holds a whole
+training split in memory.
 
-Training batches are a pure function of (seed, step): task t draws its `b_t` rows of step s
-from positions [s*b_t, (s+1)*b_t) of an endless sequence of epochs over its packed rows,
-each epoch a permutation from `np.random.default_rng([seed, t, epoch])`. So resuming
-needs only the step, and process p of P takes rows [p*b_t/P, (p+1)*b_t/P) of every task's
-sub-batch.
+Training batches stream from the records through grain (`bloom_jax.data.stream`): a global
+shuffle per epoch, each process reading its own share, packing into rows inside the
+pipeline, worker threads prefetching. The stream's position is saved with every checkpoint,
+so resuming reads exactly the batches an uninterrupted run would. Evaluation reads the
+first examples of a split in file order and packs them when it runs.
 
 Processes sharing a cache take turns: the first builds, the others wait and then load.
 """
@@ -24,20 +24,21 @@ import hashlib
 import json
 import os
 
+import grain
 import numpy as np
 from absl import logging
 
 from bloom_jax import tasks as tasks_lib
 from bloom_jax import tokenizer as tokenizer_lib
-from bloom_jax.data import packing
+from bloom_jax.data import packing, records, stream
 from bloom_jax.data.readers import DataError, Problems
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # Characters of each task's training text the BPE sees: bounds training time on big
 # corpora while keeping every task's vocabulary represented.
 TOKENIZER_CHARS_PER_TASK = 2_000_000
 SAMPLES = 8
-EVAL_ONLY = ('num_words', 'target_bytes')  # row fields only evaluation reads
+ENCODE_CHUNK = 4096  # rows encoded and written at a time
 
 
 def tfds_dir(config) -> str:
@@ -90,11 +91,10 @@ def lm_sample(rows: list[dict], chars: int = 2000) -> str:
   return out[:chars]
 
 
-def split_stats(spec, rows: list[dict], examples: packing.Examples, info: dict,
-                problems: Problems) -> dict:
+def split_stats(spec, rows: list[dict], encoded: int, info: dict, problems: Problems) -> dict:
   lengths = info['length']
   stats = {
-      'examples': len(rows), 'encoded': len(examples),
+      'examples': len(rows), 'encoded': encoded,
       'length_percentiles': {str(q): int(np.percentile(lengths, q)) if len(lengths) else 0
                              for q in (50, 90, 99, 100)},
       'truncated': int(info['truncated'].sum()),
@@ -109,34 +109,42 @@ def split_stats(spec, rows: list[dict], examples: packing.Examples, info: dict,
 
 @dataclasses.dataclass
 class Prepared:
-  """One task's encoded examples and statistics, by split."""
+  """One task's encoded examples on disk, their statistics and references, by split."""
 
-  examples: dict      # split -> packing.Examples
+  path: str           # `<prepared>/<task>-<key>`: + `.json`, + `.<split>.array_record`
   stats: dict         # split -> statistics
   references: dict    # split -> [[str]] (tasks whose rows have several references)
+  splits: dict        # split -> {'count': examples, 'schema': records.schema_of(...)}
 
-  def save(self, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    flat = {k: v for s, e in self.examples.items() for k, v in e.to_arrays(f'{s}.').items()}
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp + '.npz', 'wb') as f:
-      np.savez(f, **flat)
-    with open(tmp + '.json', 'w') as f:
-      json.dump({'stats': self.stats, 'references': self.references}, f)
-    os.replace(tmp + '.json', path + '.json')
-    os.replace(tmp + '.npz', path + '.npz')
+  def file(self, split: str) -> str:
+    return f'{self.path}.{split}.array_record'
+
+  def count(self, split: str) -> int:
+    return self.splits[split]['count']
+
+  def examples(self, split: str, n: int = 0) -> packing.Examples:
+    """The first n examples (all when n is 0) of a split, read into memory."""
+    return records.read(self.file(split), self.splits[split]['schema'], self.count(split), n)
+
+  def save(self) -> None:
+    """Writes the JSON last: its presence says the record files are complete."""
+    tmp = f'{self.path}.json.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
+      json.dump({'stats': self.stats, 'references': self.references, 'splits': self.splits}, f)
+    os.replace(tmp, self.path + '.json')
 
   @classmethod
-  def load(cls, path: str) -> 'Prepared':
-    arrays = {}
-    with np.load(path + '.npz') as z:
-      for key in z.files:
-        split, field = key.split('.', 1)
-        arrays.setdefault(split, {})[field] = z[key]
-    with open(path + '.json') as f:
-      meta = json.load(f)
-    return cls({s: packing.Examples.from_arrays(a) for s, a in arrays.items()}, meta['stats'],
-               meta['references'])
+  def load(cls, path: str) -> 'Prepared | None':
+    """The prepared data at `path`, or None if it is not (completely) there."""
+    try:
+      with open(path + '.json') as f:
+        meta = json.load(f)
+    except FileNotFoundError:
+      return None
+    prepared = cls(path, meta['stats'], meta['references'], meta['splits'])
+    if not all(os.path.exists(prepared.file(s)) for s in prepared.splits):
+      return None
+    return prepared
 
 
 @contextlib.contextmanager
@@ -177,14 +185,13 @@ class Pipeline:
       self.tokenizer = self._load_tokenizer(specs, config.tokenizer, workdir)
       self.token_bytes = self.tokenizer.token_bytes()
       self.prepared = {name: self._prepare(spec) for name, spec in specs.items()}
-    sizes = {t: len(p.examples['train']) for t, p in self.prepared.items()}
+    sizes = {t: p.count('train') for t, p in self.prepared.items()}
     rates = tasks_lib.mixture_rates(config.data.rates, {t: s.rate for t, s in specs.items()},
                                     sizes, config.data.get('temperature', 1.0))
     sub = tasks_lib.batch_sizes(config.data.batch_size, rates, multiple)
     self.tasks = {t: dataclasses.replace(s, rate=rates[t], batch_size=sub[t])
                   for t, s in specs.items()}
     self.packed = bool(config.data.get('pack', True))
-    self._train_rows = {}
     self._report()
 
   def _rows(self, spec) -> tuple[dict, dict]:
@@ -239,26 +246,42 @@ class Pipeline:
               'tokenizer': self.tokenizer.fingerprint()}
     if spec.pos_tagger:  # its path and checkpoint step (the keys of untagged tasks stay)
       fields['pos_tagger'] = spec.pos_tagger.fingerprint()
-    key = _hash(fields)
-    path = os.path.join(self.prepared_dir, f'{spec.name}-{key}')
-    if os.path.exists(path + '.npz') and os.path.exists(path + '.json'):
-      return Prepared.load(path)
+    path = os.path.join(self.prepared_dir, f'{spec.name}-{_hash(fields)}')
+    prepared = Prepared.load(path)
+    if prepared is not None:
+      return prepared
     rows, problems = self._rows(spec)
-    examples, stats, refs = {}, {}, {}
+    prepared = Prepared(path, {}, {}, {})
     for split, split_rows in rows.items():
       if not split_rows:
         continue
-      examples[split], info = spec.type.encode(spec, self.tokenizer, split_rows,
-                                               split == 'train', self.token_bytes)
-      stats[split] = split_stats(spec, split_rows, examples[split], info, problems[split])
+      prepared.splits[split], prepared.stats[split] = self._encode(
+          spec, split, split_rows, problems[split], prepared.file(split))
       if 'targets' in spec.type.fields:  # every reference, for metrics over several
-        refs[split] = [r['targets'] for r in split_rows]
-    if not len(examples['train']):
+        prepared.references[split] = [r['targets'] for r in split_rows]
+    if not prepared.count('train'):
       raise DataError(f'task {spec.name!r}: training text shorter than one window '
                       f'of {spec.max_length + 1} tokens')
-    prepared = Prepared(examples, stats, refs)
-    prepared.save(path)
+    prepared.save()
     return prepared
+
+  def _encode(self, spec, split: str, rows: list[dict], problems: Problems,
+              path: str) -> tuple[dict, dict]:
+    """Encodes a split a chunk of rows at a time into `path`: (layout, statistics).
+
+    A whole-text type (lm) encodes the split at once: its windows run across documents.
+    """
+    chunk = len(rows) if spec.type.whole_text else ENCODE_CHUNK
+    writer, infos = records.Writer(path), []
+    for start in range(0, len(rows), chunk):
+      examples, info = spec.type.encode(spec, self.tokenizer, rows[start:start + chunk],
+                                        split == 'train', self.token_bytes)
+      writer.write(examples)
+      infos.append(info)
+    writer.close()
+    info = {k: np.concatenate([i[k] for i in infos]) for k in infos[0]}
+    layout = {'count': writer.count, 'schema': writer.schema}
+    return layout, split_stats(spec, rows, writer.count, info, problems)
 
   def _report(self) -> None:
     for name, prepared in self.prepared.items():
@@ -276,32 +299,41 @@ class Pipeline:
     spec = self.tasks[task]
     return spec.type.rows(spec, examples, self.tokenizer.pad_id, self.packed)
 
-  def train_rows(self, task: str) -> dict:
-    if task not in self._train_rows:
-      self._train_rows[task] = self.rows(task, self.prepared[task].examples['train'])
-    return self._train_rows[task]
+  def row_statistics(self, steps: int = 50) -> dict[str, dict]:
+    """Per task: rows, examples per row and non-padding fraction of the first `steps`
+    training batches."""
+    it = self.train_iterator()
+    batches = [next(it) for _ in range(steps)]
+    return {t: packing.row_statistics({'segment_ids': np.concatenate(
+        [b[t]['segment_ids'] for b in batches])}) for t in self.tasks}
 
-  def row_statistics(self) -> dict[str, dict]:
-    """Per task: rows, examples per row and non-padding fraction of the training rows."""
-    return {t: packing.row_statistics(self.train_rows(t)) for t in self.tasks}
-
-  def train_iterator(self, process_index: int = 0, process_count: int = 1) -> 'TrainIterator':
-    arrays = {t: {k: v for k, v in self.train_rows(t).items() if k not in EVAL_ONLY}
-              for t in self.tasks}
-    return TrainIterator(arrays, {t: s.batch_size for t, s in self.tasks.items()}, self.seed,
-                         process_index, process_count)
+  def train_iterator(self, process_index: int = 0,
+                     process_count: int = 1) -> stream.TrainIterator:
+    """This process's share of every step's batch, streamed from the prepared records."""
+    data = self.config.data
+    options = grain.ReadOptions(num_threads=int(data.get('read_threads', 2)),
+                                prefetch_buffer_size=int(data.get('prefetch_groups', 2)))
+    streams = {}
+    for task_index, (task, spec) in enumerate(self.tasks.items()):
+      lo, hi = _shard(spec.batch_size, process_index, process_count)
+      groups = stream.packed_groups(
+          self.prepared[task].file('train'), self.prepared[task].splits['train']['schema'],
+          spec, self.tokenizer.pad_id, self.packed, stream.shuffle_seed(self.seed, task_index),
+          process_index, process_count, int(data.get('pack_group', 512)))
+      streams[task] = stream.TaskStream(groups, hi - lo, options)
+    return stream.TrainIterator(streams)
 
   def examples(self, task: str, split: str, max_examples: int = 0) -> packing.Examples:
     """The first `max_examples` (0: all) encoded examples of a split, in file order."""
     if task not in self.tasks:
       raise ValueError(f'unknown task {task!r}; the mixture has {sorted(self.tasks)}')
-    if split not in self.prepared[task].examples:
+    if not self.has_split(task, split):
       raise DataError(f'task {task!r} has no labelled {split!r} split '
-                      f'(has: {sorted(self.prepared[task].examples)})')
-    return self.prepared[task].examples[split].head(max_examples)
+                      f'(has: {sorted(self.prepared[task].splits)})')
+    return self.prepared[task].examples(split, max_examples)
 
   def has_split(self, task: str, split: str) -> bool:
-    return split in self.prepared[task].examples
+    return split in self.prepared[task].splits
 
   def eval_batches(self, task: str, split: str, batch_size: int, max_examples: int = 0,
                    process_index: int = 0, process_count: int = 1):
@@ -349,54 +381,3 @@ def eval_batches(rows: dict, batch_size: int, pad_id: int, process_index: int = 
       v = value[idx]
       batch[key] = np.where(real.reshape((-1,) + (1,) * (v.ndim - 1)), v, fill).astype(v.dtype)
     yield batch
-
-
-class TrainIterator:
-  """Endless training batches, a pure function of (seed, step); state is {'step': k}."""
-
-  def __init__(self, arrays: dict, batch_sizes: dict, seed: int, process_index: int = 0,
-               process_count: int = 1):
-    self.arrays, self.batch_sizes, self.seed = arrays, batch_sizes, seed
-    self.shards = {t: _shard(b, process_index, process_count) for t, b in batch_sizes.items()}
-    self.step = 0
-    self._perms = {}
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict:
-    batch = self.batch(self.step)
-    self.step += 1
-    return batch
-
-  def get_state(self) -> dict:
-    return {'step': self.step}
-
-  def set_state(self, state: dict) -> None:
-    self.step = int(state['step'])
-
-  def _perm(self, task_index: int, n: int, epoch: int) -> np.ndarray:
-    key = (task_index, epoch)
-    if key not in self._perms:
-      if len(self._perms) > 4 * len(self.arrays):
-        self._perms.clear()
-      self._perms[key] = np.random.default_rng([self.seed, task_index, epoch]).permutation(n)
-    return self._perms[key]
-
-  def indices(self, task_index: int, task: str, step: int) -> np.ndarray:
-    n, b = len(self.arrays[task]['input_ids']), self.batch_sizes[task]
-    lo, hi = self.shards[task]
-    positions = step * b + np.arange(lo, hi)
-    epochs = positions // n
-    out = np.empty(len(positions), np.int64)
-    for epoch in np.unique(epochs):
-      sel = epochs == epoch
-      out[sel] = self._perm(task_index, n, int(epoch))[positions[sel] % n]
-    return out
-
-  def batch(self, step: int) -> dict:
-    out = {}
-    for task_index, (task, arrays) in enumerate(self.arrays.items()):
-      idx = self.indices(task_index, task, step)
-      out[task] = {k: v[idx] for k, v in arrays.items()}
-    return out
