@@ -9,8 +9,8 @@ row, not what the model computes for any of them.
 
 Rows are filled best-fit decreasing: examples longest first, each into the open row it
 leaves least room in. That reaches nearly full rows for any length distribution, and it
-is a pure function of the lengths, so prepared rows are the same in every process and
-every run; the training order comes from shuffling rows (`pipeline.TrainIterator`).
+is a pure function of the lengths: the same examples make the same rows in every process
+and run. Training packs groups of examples as it streams them (`bloom_jax.data.stream`).
 """
 
 import dataclasses

@@ -1,9 +1,11 @@
 """The real-data mixture (configs/real_multitask.py): examples per second for each task and
-non-padding tokens per second, with packed rows against one example per row.
+non-padding tokens per second, with packed rows against one example per row; and how many
+batches per second the input pipeline delivers against the steps per second it feeds.
 
 Both layouts train the same model on rows of the same shapes (the same tokens per step);
 the unpacked one is the mixture as it was before packing. Their train steps run in turns
-on real batches, so the machine's drift hits both alike.
+on real batches, so the machine's drift hits both alike. The input is timed alone, from a
+fresh iterator (its reading and packing threads start cold) over `INPUT_BATCHES` batches.
 """
 
 import statistics
@@ -15,6 +17,8 @@ import numpy as np
 from bloom_jax import runs, sharding
 from bloom_jax.data import pipeline
 from configs import real_multitask
+
+INPUT_BATCHES = 300
 
 
 def layouts() -> dict:
@@ -76,10 +80,24 @@ def bench_mixture(steps: int, log) -> dict:
     if i % 10 == 9:
       log(f'mixture: {i + 1}/{steps} steps of each layout')
   out = {name: t.result() for name, t in trainers.items()}
+  log(f'mixture: reading {INPUT_BATCHES} batches without training')
+  batches_per_s = input_rate(trainers['packed'].pipe, INPUT_BATCHES)
+  steps_per_s = 1 / out['packed']['step_s']
+  out['input'] = {'batches_per_s': batches_per_s, 'steps_per_s': steps_per_s,
+                  'ratio': batches_per_s / steps_per_s}
   out['examples_per_s_ratio'] = {
       task: out['packed']['tasks'][task]['examples_per_s']
       / out['unpacked']['tasks'][task]['examples_per_s'] for task in out['packed']['tasks']}
   return out
+
+
+def input_rate(pipe, batches: int) -> float:
+  """Batches per second a fresh training iterator delivers when nothing else runs."""
+  it = pipe.train_iterator()
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  return batches / (time.perf_counter() - start)
 
 
 def table(results: dict) -> list[tuple[str, str]]:
@@ -94,4 +112,7 @@ def table(results: dict) -> list[tuple[str, str]]:
                    f"{t['examples_per_s']:.1f} examples/s, non-pad {t['nonpad_fraction']:.1%}"))
   rows.append(('packed / unpacked examples/s', ', '.join(
       f'{t} {x:.2f}x' for t, x in results['examples_per_s_ratio'].items())))
+  i = results['input']
+  rows.append(('input (packed) / step', f"{i['batches_per_s']:.1f} batches/s against "
+               f"{i['steps_per_s']:.2f} steps/s: {i['ratio']:.1f}x"))
   return rows
