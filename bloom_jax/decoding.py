@@ -18,7 +18,8 @@ whose last logits position predicts the token after `ids`, plus a cache factory
 `new_cache(batch, length)`: that is how a model with a wrapped LM head reuses it.
 
 Conventions. `lengths` counts the generated tokens including the EOS. `scores` is the
-sum of the model's log-probabilities of those tokens (before temperature or filtering);
+sum of the model's log-probabilities of those tokens (before temperature, filtering or
+`min_new_tokens`);
 for beam search it is that sum divided by the GNMT length penalty
 ((5 + length) / 6) ** length_penalty (Wu et al., 2016, as in t5x and tensor2tensor).
 """
@@ -45,7 +46,8 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids: jax.Array,
              prompt_mask: jax.Array, *, max_new_tokens: int, eos_id: int, pad_id: int,
              method: str = 'greedy', temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, num_beams: int = 4, length_penalty: float = 1.0,
-             seed: int | jax.Array = 0, prompt_mode: str = 'causal') -> dict[str, jax.Array]:
+             min_new_tokens: int = 0, seed: int | jax.Array = 0,
+             prompt_mode: str = 'causal') -> dict[str, jax.Array]:
   """Continues left-padded prompts [B, Lp] (mask 1 = token) by up to `max_new_tokens`.
 
   Every option but `seed` is static: a new value compiles a new program, a new seed
@@ -57,7 +59,8 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids: jax.Array,
   return _generate(graphdef, cfg, state, prompt_ids, prompt_mask, seed,
                    max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, method=method,
                    temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
-                   length_penalty=length_penalty, prompt_mode=prompt_mode)
+                   length_penalty=length_penalty, min_new_tokens=min_new_tokens,
+                   prompt_mode=prompt_mode)
 
 
 def unstacked(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[nnx.GraphDef, nnx.State]:
@@ -67,7 +70,7 @@ def unstacked(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[nnx.GraphDef, n
 
 @functools.partial(jax.jit, static_argnames=(
     'graphdef', 'cfg', 'max_new_tokens', 'eos_id', 'pad_id', 'method', 'temperature', 'top_k',
-    'top_p', 'num_beams', 'length_penalty', 'prompt_mode'))
+    'top_p', 'num_beams', 'length_penalty', 'min_new_tokens', 'prompt_mode'))
 def _generate(graphdef, cfg, state, prompt_ids, prompt_mask, seed, **options):
   # Outside the token loop (a no-op for an unstacked model): each step then reads every
   # weight in place.
@@ -95,17 +98,21 @@ def decode(logits_fn: LogitsFn, new_cache: CacheFn, state: Any, prompt_ids: jax.
            prompt_mask: jax.Array, *, max_new_tokens: int, eos_id: int, pad_id: int,
            method: str = 'greedy', temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, num_beams: int = 4, length_penalty: float = 1.0,
-           seed: int | jax.Array = 0, prompt_mode: str = 'causal') -> dict[str, jax.Array]:
+           min_new_tokens: int = 0, seed: int | jax.Array = 0,
+           prompt_mode: str = 'causal') -> dict[str, jax.Array]:
   """Traceable decoding loop; call it under `jax.jit` with the options static.
 
   method: 'greedy' (argmax), 'sample' (ancestral sampling from the logits divided by
     `temperature`, restricted to the `top_k` most likely tokens (0: all) and then to the
     smallest set whose probability reaches `top_p` (nucleus; 1.0: all), seeded by
     `seed`) or 'beam' (`num_beams` beams scored with `length_penalty`; see `beam_search`).
+  min_new_tokens: tokens every row generates before EOS may end it (EOS is never chosen
+    earlier; the other tokens keep their probabilities).
   prompt_mode: 'causal', or 'prefix' to read the prompt bidirectionally (prefix LM).
   Rows stop at `eos_id` and are then filled with `pad_id`.
   """
-  _check_options(method, max_new_tokens, temperature, top_k, top_p, num_beams, prompt_mode)
+  _check_options(method, max_new_tokens, temperature, top_k, top_p, num_beams, min_new_tokens,
+                 prompt_mode)
   batch, prompt_length = prompt_ids.shape
   # The last generated token is never fed back, so it needs no cache slot.
   cache_length = prompt_length + max_new_tokens - 1
@@ -125,7 +132,8 @@ def decode(logits_fn: LogitsFn, new_cache: CacheFn, state: Any, prompt_ids: jax.
                                        length=cache_length)
     return beam_search(step, state, jnp.repeat(logits[:, -1], num_beams, axis=0), cache,
                        map_batch_axis, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                       eos_id=eos_id, pad_id=pad_id, length_penalty=length_penalty)
+                       eos_id=eos_id, pad_id=pad_id, length_penalty=length_penalty,
+                       min_new_tokens=min_new_tokens)
   if method == 'greedy':
     pick = lambda logits, i: jnp.argmax(logits, axis=-1).astype(jnp.int32)
   else:
@@ -133,10 +141,12 @@ def decode(logits_fn: LogitsFn, new_cache: CacheFn, state: Any, prompt_ids: jax.
     pick = lambda logits, i: sample_token(jax.random.fold_in(key, i), logits, temperature,
                                           top_k, top_p)
   return greedy_or_sample(step, state, logits[:, -1], cache, pick,
-                          max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id)
+                          max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+                          min_new_tokens=min_new_tokens)
 
 
-def _check_options(method, max_new_tokens, temperature, top_k, top_p, num_beams, prompt_mode):
+def _check_options(method, max_new_tokens, temperature, top_k, top_p, num_beams,
+                   min_new_tokens, prompt_mode):
   errors = []
   if method not in METHODS:
     errors.append(f'method must be one of {METHODS}, got {method!r}')
@@ -152,6 +162,8 @@ def _check_options(method, max_new_tokens, temperature, top_k, top_p, num_beams,
     errors.append(f'top_p must be in (0, 1], got {top_p}')
   if num_beams < 1:
     errors.append(f'num_beams must be positive, got {num_beams}')
+  if not 0 <= min_new_tokens <= max_new_tokens:
+    errors.append(f'min_new_tokens must be in [0, max_new_tokens], got {min_new_tokens}')
   if errors:
     raise ValueError('decoding: ' + '; '.join(errors))
 
@@ -170,6 +182,11 @@ def _map_batch_axis(fn, cache: Cache, new_cache: CacheFn, length: int) -> Cache:
     return fn(leaf, axes[0]) if axes else leaf
 
   return jax.tree.map(apply, cache, one, two)
+
+
+def _without_eos(logits: jax.Array, forbid: jax.Array, eos_id: int) -> jax.Array:
+  """The logits with EOS's at -inf where `forbid` (a row has not reached min_new_tokens)."""
+  return jnp.where(forbid & (jnp.arange(logits.shape[-1]) == eos_id), -jnp.inf, logits)
 
 
 # --------------------------------------------------------------------------------------
@@ -208,7 +225,8 @@ class _Rows(NamedTuple):
 
 
 def greedy_or_sample(step, state: Any, logits: jax.Array, cache: Cache, pick, *,
-                     max_new_tokens: int, eos_id: int, pad_id: int) -> dict[str, jax.Array]:
+                     max_new_tokens: int, eos_id: int, pad_id: int,
+                     min_new_tokens: int = 0) -> dict[str, jax.Array]:
   """Greedy search or sampling: `pick(logits [B, V], i)` chooses every row's token i.
 
   `logits` predict the first token; `step(state, tokens [B], cache)` feeds one token
@@ -217,7 +235,8 @@ def greedy_or_sample(step, state: Any, logits: jax.Array, cache: Cache, pick, *,
   batch = logits.shape[0]
 
   def emit(rows: _Rows, logits) -> _Rows:
-    token = jnp.where(rows.done, pad_id, pick(logits, rows.i))
+    allowed = _without_eos(logits, rows.i < min_new_tokens, eos_id)
+    token = jnp.where(rows.done, pad_id, pick(allowed, rows.i))
     logp = jax.nn.log_softmax(logits.astype(jnp.float32))
     logp = jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
     return _Rows(
@@ -273,7 +292,7 @@ class _Beams(NamedTuple):
 
 def beam_search(step, state: Any, logits: jax.Array, cache: Cache, map_batch_axis, *,
                 num_beams: int, max_new_tokens: int, eos_id: int, pad_id: int,
-                length_penalty: float) -> dict[str, jax.Array]:
+                length_penalty: float, min_new_tokens: int = 0) -> dict[str, jax.Array]:
   """Beam search that returns each example's best hypothesis, with the bookkeeping of
   Hugging Face's (early_stopping=False) and fairseq's.
 
@@ -295,7 +314,8 @@ def beam_search(step, state: Any, logits: jax.Array, cache: Cache, map_batch_axi
 
   def expand(beams: _Beams, logits) -> _Beams:
     vocab = logits.shape[-1]
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch, k, vocab)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    logp = _without_eos(logp, beams.i < min_new_tokens, eos_id).reshape(batch, k, vocab)
     logp = (beams.alive_logp[..., None] + logp).reshape(batch, k * vocab)
     top_logp, top = jax.lax.top_k(logp, 2 * k)
     parent, token = top // vocab, (top % vocab).astype(jnp.int32)

@@ -43,8 +43,10 @@ class Evaluator:
         out[f'{prefix}/{name}/{metric}'] = value
     return out
 
-  def evaluate_task(self, params, task: str, split: str, max_examples: int) -> dict[str, float]:
-    spec = self.pipe.tasks[task]
+  def evaluate_task(self, params, task: str, split: str, max_examples: int,
+                    spec=None) -> dict[str, float]:
+    """`spec`: the task with other evaluation settings than the run's (its `decoding`)."""
+    spec = spec or self.pipe.tasks[task]
     self._params, self._decoder = params, None
     examples = self.pipe.examples(task, split, max_examples)
     return spec.type.evaluate(self, spec, examples,
@@ -56,8 +58,9 @@ class Evaluator:
     for batch in pipeline.eval_batches(rows, self.batch_size, self.pipe.tokenizer.pad_id):
       yield batch, jax.device_get(self._steps[spec.name](self._params, self._shard(batch)))
 
-  def generate(self, spec, prompts: list[list[int]], width: int) -> list[str]:
-    """Greedy continuations of token prompts (left-padded to `width`), decoded to text."""
+  def generate(self, spec, prompts: list[list[int]], width: int, **options) -> list[str]:
+    """Continuations of token prompts (left-padded to `width`), decoded to text; `options`
+    are `decoding.generate`'s (method, max_new_tokens, ...)."""
     if self._decoder is None:  # unstacked once for all batches: the weights are fixed
       self._decoder = decoding.unstacked(
           self.lm_graphdef, compat.from_pure_dict(self.lm_abstract, self._params['bloom']))
@@ -68,8 +71,7 @@ class Evaluator:
                               tok.pad_id)
       out = decoding.generate(
           *self._decoder, self._shard(ids), self._shard(mask),
-          max_new_tokens=spec.target_length, eos_id=tok.eos_id, pad_id=tok.pad_id,
-          method='greedy', prompt_mode=spec.attention)
+          eos_id=tok.eos_id, pad_id=tok.pad_id, prompt_mode=spec.attention, **options)
       # Rows live on every process's devices; each host needs all of them.
       tokens, lengths = multihost_utils.process_allgather((out['tokens'], out['lengths']),
                                                           tiled=True)

@@ -45,6 +45,10 @@ class TaskSpec:
   pos_tagger: object = None        # a `pos_features.Tagger` tagging the input words, or None
                                    #   (config: the tagger run's workdir, '' for none)
   attention: str = ''              # 'causal' | 'bidirectional' | 'prefix' ('': the type's)
+  source_lm_weight: float = 0.0    # generation: weight of a next-token loss on each source
+                                   #   token, relative to a target token's (0: none)
+  decoding: tuple = ()             # generation: evaluation's decoding options as sorted
+                                   #   ((name, value), ...) (config: a mapping; (): greedy)
   rate: float = 1.0
   loss_weight: float = 1.0
   batch_size: int = 0              # global rows per step, set from the mixture
@@ -125,10 +129,10 @@ REGISTRY: dict[str, TaskSpec] = {t.name: t for t in [
 ]}
 
 CONFIG_KEYS = ('rate', 'loss_weight', 'max_length', 'max_target_length', 'stopwords',
-               'attention', 'labels', 'pos_tagger')
+               'attention', 'labels', 'pos_tagger', 'source_lm_weight', 'decoding')
 FIELD_TYPES = {'rate': (int, float), 'loss_weight': (int, float), 'max_length': (int,),
                'max_target_length': (int,), 'stopwords': (bool,), 'attention': (str,),
-               'pos_tagger': (str,)}
+               'pos_tagger': (str,), 'source_lm_weight': (int, float)}
 # The keys that declare a task in the config alone (`type`, `reader` and `files` required).
 DECLARE_KEYS = ('type', 'reader', 'files', 'options', 'holdout', 'holdout_seed', 'description')
 SPLITS = ('train', 'validation', 'test')
@@ -157,6 +161,8 @@ def configure(tasks_config, data_dir: str | None = None) -> dict[str, TaskSpec]:
     _check_types(fields, key)
     if 'labels' in fields:
       fields['labels'] = _labels(base.type, fields['labels'], f'{key}.labels')
+    if 'decoding' in fields:
+      fields['decoding'] = decoding_pairs(fields['decoding'], f'{key}.decoding')
     spec = dataclasses.replace(base, **fields)
     if spec.rate < 0 or spec.loss_weight < 0:
       raise ConfigError(f'{key}: rate and loss_weight must be >= 0')
@@ -288,6 +294,15 @@ def _options(reader, reader_name: str, options, key: str) -> tuple:
       raise ConfigError(f'{key}.{name}: a name, a number or a list of names, got {value!r}')
     out.append((name, value))
   return tuple(out)
+
+
+def decoding_pairs(options, key: str) -> tuple:
+  """A `decoding` mapping as sorted ((name, value), ...): hashable, and the same whether
+  it comes from a config file or from the JSON copy saved with a run. Its names and
+  values are the task type's to check (`TaskType.check`)."""
+  if not hasattr(options, 'items'):
+    raise ConfigError(f'{key}: a mapping of decoding option to value, got {options!r}')
+  return tuple(sorted(dict(options).items()))
 
 
 def _labels(task_type, labels, key: str) -> tuple[str, ...]:

@@ -40,6 +40,20 @@ class Tokenizer:
   def encode_batch(self, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
 
+  def encode_after_space(self, texts: list[str]) -> list[list[int]]:
+    """Each text tokenized as it is after a space in running text.
+
+    Byte-level BPE spells a word's leading space into its first token, and the
+    pre-tokenizer adds no space before a text (add_prefix_space=False, as in BLOOM's own
+    tokenizer), so a word opening a text has other tokens than the same word after a space
+    ('Service' -> S|erv|ice, ' Service' -> ĠServ|ice). Text that follows other tokens in
+    one sequence is encoded this way, so that a word has the same tokens wherever it
+    occurs; `strip_space` removes the space from decoded text. (A tokenizer that adds a
+    prefix space itself adds none to a text that starts with one.) An empty text has no
+    tokens.
+    """
+    return self.encode_batch([' ' + t if t else t for t in texts])
+
   def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
     return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
@@ -67,6 +81,12 @@ class Tokenizer:
   @classmethod
   def load(cls, path: str) -> 'Tokenizer':
     return cls(tokenizers.Tokenizer.from_file(path))
+
+
+def strip_space(decoded: str) -> str:
+  """Text decoded from tokens that `Tokenizer.encode_after_space` made (or a model learnt
+  to produce from them), without that leading space."""
+  return decoded.removeprefix(' ')
 
 
 def train(texts: Iterable[str], vocab_size: int) -> Tokenizer:

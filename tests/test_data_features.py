@@ -162,7 +162,8 @@ def test_generation_prefix_and_targets(tok):
       spec, tok, [{'source': 'the big dog sees a cat', 'targets': ['dog cat']}], True, None)
   example = examples.example(0)
   ids, w, pm = example['input_ids'], example['weights'], example['prefix_mask']
-  src, tgt = tok.encode('the big dog sees a cat'), tok.encode('dog cat')
+  # Both tokenized as after a space in running text (tests/test_generation_options.py).
+  src, tgt = tok.encode(' the big dog sees a cat'), tok.encode(' dog cat')
   seq = [tok.bos_id] + src + [tok.sep_id] + tgt + [tok.eos_id]
   assert ids.tolist() == seq and not info['truncated'][0]
   assert pm.tolist() == [1] * (len(src) + 2) + [0] * (len(tgt) + 1)
@@ -185,7 +186,7 @@ def test_generation_truncates_source_and_target(tok):
   assert example['prefix_mask'].sum() == prompt_length(spec) == 16 - 4 - 1
   assert example['input_ids'][prompt_length(spec) - 1] == tok.sep_id
   assert example['targets'][example['weights'] > 0].tolist() == \
-      tok.encode(' '.join(WORDS))[:4] + [tok.eos_id]
+      tok.encode(' ' + ' '.join(WORDS))[:4] + [tok.eos_id]
 
 
 def test_generation_rows_project_only_target_positions_within_budget(tok):
@@ -222,11 +223,12 @@ def test_generation_rows_project_only_target_positions_within_budget(tok):
       at = np.flatnonzero(segment_ids == s)
       assert ids[mine[-1] + 1] == tok.eos_id and mine[-1] + 1 == at[-1]
       assert packed['prefix_mask'][r, at].sum() == mine[0] - at[0] + 1  # prefix ends at <sep>
-      weights_of[tok.decode(ids[at][packed['prefix_mask'][r, at] > 0])] = len(mine)
+      source = tok.decode(ids[at][packed['prefix_mask'][r, at] > 0])
+      weights_of[tokenizer_lib.strip_space(source)] = len(mine)
   assert len(_segments(packed)) == len(rows)
   _check_row_layout({k: v for k, v in packed.items() if k != 'weights'} |
                     {'weights': np.zeros_like(packed['input_ids'])}, examples, tok.pad_id)
-  sources = {r['source']: len(tok.encode(r['targets'][0])[:3]) + 1 for r in rows}
+  sources = {r['source']: len(tok.encode(' ' + r['targets'][0])[:3]) + 1 for r in rows}
   assert weights_of == sources
 
 
@@ -236,7 +238,7 @@ def test_generation_inference_rows_are_prompts(tok):
   assert rows == [{'source': 'the big dog'}, {'source': ''}]
   examples, _ = GENERATION.encode(spec, tok, rows, False, None)
   assert GENERATION.prompts(examples) == [
-      [tok.bos_id] + tok.encode('the big dog') + [tok.sep_id], [tok.bos_id, tok.sep_id]]
+      [tok.bos_id] + tok.encode(' the big dog') + [tok.sep_id], [tok.bos_id, tok.sep_id]]
   alone = GENERATION.rows(spec, examples, tok.pad_id, packed=False)
   assert alone['weights'].sum() == 0
   assert (alone['prefix_mask'] == (alone['segment_ids'] > 0)).all()

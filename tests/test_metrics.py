@@ -205,7 +205,7 @@ def test_lm_accumulator():
 
 class FakeEvaluator:
   """What a task type's `evaluate` asks of `evaluation.Evaluator`: the eval step's outputs
-  for the examples' rows, and greedy continuations of prompts."""
+  for the examples' rows, and continuations of prompts."""
 
   def __init__(self, results, generated=()):
     self.results, self.generated, self.prompts = results, list(generated), None
@@ -214,7 +214,8 @@ class FakeEvaluator:
     del spec, examples
     yield from self.results
 
-  def generate(self, spec, prompts, width):
+  def generate(self, spec, prompts, width, **options):
+    del options  # tests/test_generation_options.py checks what evaluation decodes with
     self.prompts, self.width = prompts, width
     assert width == spec.max_length - spec.target_length - 1
     return self.generated[:len(prompts)]

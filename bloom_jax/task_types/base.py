@@ -38,6 +38,8 @@ class TaskType(abc.ABC):
   marks_prefix = False           # rows carry a `prefix_mask` (for 'prefix' attention)
   takes_stopwords = False        # `stopwords` (drop English stop words) applies to its input
   takes_pos_tags = False         # `pos_tagger` (a tagger run's tags, embedded) applies to it
+  takes_source_lm = False        # `source_lm_weight` (a loss on its input text) applies to it
+  takes_decoding = False         # `decoding` (evaluation's decoding options) applies to it
 
   def __repr__(self) -> str:  # stable across processes: it goes into data fingerprints
     return f'task_types.{self.name}'
@@ -54,6 +56,10 @@ class TaskType(abc.ABC):
       raise ConfigError(f'{key}.stopwords: not for {self.name} tasks')
     if task.pos_tagger and not self.takes_pos_tags:
       raise ConfigError(f'{key}.pos_tagger: not for {self.name} tasks')
+    if task.source_lm_weight and not self.takes_source_lm:
+      raise ConfigError(f'{key}.source_lm_weight: not for {self.name} tasks')
+    if task.decoding and not self.takes_decoding:
+      raise ConfigError(f'{key}.decoding: not for {self.name} tasks')
 
   # ------------------------------------------------------------------ data
 
@@ -99,7 +105,8 @@ class TaskType(abc.ABC):
 
   @abc.abstractmethod
   def logits(self, model, task, hidden: jax.Array, batch: dict, dropout_key) -> jax.Array:
-    """The trunk's final states [B, S, H] -> the outputs `losses` and `predictions` read."""
+    """The trunk's final states [B, S, H] -> the outputs `losses` and `predictions` read.
+    `dropout_key` is given in training only."""
 
   def vocab_positions(self, task) -> int:
     """Positions per row that `logits` projects onto the vocabulary (for FLOP counts)."""

@@ -2,21 +2,43 @@
 
     <s> source <sep> target </s>      prefix = <s> source <sep>
 
+Source and target are each tokenized as they would be after a space in running text
+(`Tokenizer.encode_after_space`), so a word of the source has the same tokens when the
+target repeats it; generated text loses that space again.
+
 The loss is next-token cross-entropy on the target tokens and the final </s>. Only those
 positions are projected onto the vocabulary: a row carries their indices
 (`target_positions`), and packing keeps each row's targets within a fixed budget, so a
 long source costs trunk compute but no vocabulary projection. Evaluation decodes every
-example's prompt greedily and scores ROUGE against all its references.
+example's prompt (greedily, or as `tasks.<name>.decoding` says) and scores ROUGE against
+all its references.
+
+With `source_lm_weight` w > 0 (causal attention only), training also predicts every
+source token from the ones before it, each with weight w beside a target token's 1:
+
+    L = (sum_target nll + w * sum_source nll) / target tokens
+
+Then every position is projected onto the vocabulary in training. Evaluation, and the
+loss and perplexity it reports, stay on the target alone.
 """
 
 import jax.numpy as jnp
 import numpy as np
 
-from bloom_jax import metrics
+from bloom_jax import losses, metrics
 from bloom_jax.data import packing, text
 from bloom_jax.errors import ConfigError
 from bloom_jax.task_types import base
 from bloom_jax.task_types.classification import clean_input
+from bloom_jax.tokenizer import strip_space
+
+# Evaluation's decoding options (`tasks.<name>.decoding`, `decoding.generate`'s meanings)
+# and their defaults; max_new_tokens 0 is the task's max_target_length. Searches only:
+# an evaluation is then a function of the checkpoint.
+DECODING = {'method': 'greedy', 'num_beams': 4, 'length_penalty': 1.0, 'min_new_tokens': 0,
+            'max_new_tokens': 0}
+METHODS = ('greedy', 'beam')
+BEAM_ONLY = ('num_beams', 'length_penalty')
 
 
 def target_budget(task) -> int:
@@ -28,12 +50,68 @@ def prompt_length(task) -> int:
   return task.max_length - task.target_length - 1
 
 
+def decoding_options(task) -> dict:
+  """`decoding.generate`'s options for evaluating the task (`tasks.<name>.decoding`)."""
+  options = {**DECODING, **dict(task.decoding)}
+  options['max_new_tokens'] = options['max_new_tokens'] or task.target_length
+  if options['method'] != 'beam':
+    for name in BEAM_ONLY:
+      del options[name]
+  return options
+
+
+def check_decoding(task, key: str) -> None:
+  """Raises ConfigError naming `key.<option>` for decoding options evaluation cannot use."""
+  given = dict(task.decoding)
+  for name, value in given.items():
+    where = f'{key}.{name}'
+    if name not in DECODING:
+      raise ConfigError(f'{where}: not a decoding option; options: {", ".join(DECODING)}')
+    kind = type(DECODING[name])
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    if type(value) is not kind:
+      raise ConfigError(f'{where}: expected {kind.__name__}, got {value!r}')
+  method = given.get('method', DECODING['method'])
+  if method not in METHODS:
+    raise ConfigError(f'{key}.method: {method!r} is not one of {METHODS} (evaluation '
+                      'searches; it does not sample)')
+  for name in BEAM_ONLY:
+    if name in given and method != 'beam':
+      raise ConfigError(f"{key}.{name}: applies to method='beam' only")
+  if given.get('num_beams', 1) < 1:
+    raise ConfigError(f'{key}.num_beams: must be positive')
+  options = decoding_options(task)
+  if options['max_new_tokens'] < 1:
+    raise ConfigError(f'{key}.max_new_tokens: must be positive (0: max_target_length)')
+  if not 0 <= options['min_new_tokens'] <= options['max_new_tokens']:
+    raise ConfigError(f'{key}.min_new_tokens: must be in [0, max_new_tokens '
+                      f'{options["max_new_tokens"]}]')
+
+
+def source_lm_fields(rows: dict, weight: float, pad_id: int) -> dict:
+  """`source_weights` (`weight` at every position whose next token is a source token) and
+  `source_targets` (that token) of packed rows whose `targets` hold every next token.
+
+  Each example's prefix `<s> source <sep>` is contiguous, so position i predicts a
+  source token exactly when i, i+1 and i+2 lie in the prefix of one example: that
+  excludes the last source token (followed by <sep>) and <sep> (followed by the target).
+  """
+  prefix, segment = rows['prefix_mask'] > 0, rows['segment_ids']
+  same = (segment[:, :-2] == segment[:, 2:]) & prefix[:, :-2] & prefix[:, 1:-1] & prefix[:, 2:]
+  predicts_source = np.pad(same, ((0, 0), (0, 2)))
+  return {'source_weights': np.where(predicts_source, weight, 0.0).astype(np.float32),
+          'source_targets': np.where(predicts_source, rows['targets'], pad_id).astype(np.int32)}
+
+
 class Generation(base.TaskType):
   name = 'generation'
   attention = 'prefix'
   fields = {'source': 'text', 'targets': 'texts'}
   takes_stopwords = True
   marks_prefix = True
+  takes_source_lm = True
+  takes_decoding = True
   metrics = ('rouge1', 'rouge2', 'rougeL')
   generates = True
   input_field = 'source'
@@ -42,6 +120,13 @@ class Generation(base.TaskType):
     super().check(task, key)
     if not 1 <= task.target_length <= task.max_length - 4:
       raise ConfigError(f'{key}.max_target_length: must leave at least 4 tokens for the source')
+    if task.source_lm_weight < 0:
+      raise ConfigError(f'{key}.source_lm_weight: must be >= 0')
+    if task.source_lm_weight and task.attention != 'causal':
+      raise ConfigError(
+          f"{key}.source_lm_weight: needs {key}.attention='causal': read both ways, every "
+          'source token sees the one it is to predict')
+    check_decoding(task, f'{key}.decoding')
 
   def clean(self, task, row):
     row = dict(row, source=clean_input(task, row['source']))
@@ -50,14 +135,17 @@ class Generation(base.TaskType):
     return row if row['source'] else None
 
   def training_text(self, row):
-    return row['source'] + '\n' + row['targets'][0]
+    # With the spaces `encode` puts before source and target: the BPE learns the tokens
+    # it will see.
+    return ' ' + row['source'] + '\n ' + row['targets'][0]
 
   def encode(self, task, tok, rows, train, token_bytes):
     del train, token_bytes
-    body = tok.encode_batch([r['source'] for r in rows])
+    body = tok.encode_after_space([r['source'] for r in rows])
     heads = [[tok.bos_id] + ids[:prompt_length(task) - 2] + [tok.sep_id] for ids in body]
     labelled = bool(rows) and 'targets' in rows[0]
-    tails = tok.encode_batch([r['targets'][0] for r in rows]) if labelled else [[]] * len(rows)
+    tails = (tok.encode_after_space([r['targets'][0] for r in rows]) if labelled
+             else [[]] * len(rows))
     seqs, prefix, targets, weights = [], [], [], []
     for head, tail in zip(heads, tails, strict=True):
       seq = head + (tail[:task.target_length] + [tok.eos_id] if labelled else [])
@@ -81,6 +169,8 @@ class Generation(base.TaskType):
         else np.zeros(0, np.int64)
     budget = target_budget(task)
     out = packing.pack(examples, task.max_length, pad_id, packed, costs, budget)
+    if task.source_lm_weight:  # before `targets` keeps only the target positions' tokens
+      out.update(source_lm_fields(out, task.source_lm_weight, pad_id))
     scored = out['weights'] > 0
     order = np.argsort(~scored, axis=1, kind='stable')[:, :budget]  # scored positions first
     keep = np.take_along_axis(scored, order, axis=1)
@@ -98,34 +188,53 @@ class Generation(base.TaskType):
     return out
 
   def describe(self, task, tok, example, sample):
-    source = tok.decode(example['input_ids'][example['prefix_mask'] > 0])
-    target = tok.decode(example['targets'][example['weights'] > 0])
+    source = strip_space(tok.decode(example['input_ids'][example['prefix_mask'] > 0]))
+    target = strip_space(tok.decode(example['targets'][example['weights'] > 0]))
     return [f'    source ({base.verdict(source, sample["source"])}): {source[:300]!r}',
             f'    target ({base.verdict(target, sample["targets"][0])}): {target!r} '
             f'(references: {len(sample["targets"])})']
 
   def logits(self, model, task, hidden, batch, dropout_key):
-    del dropout_key
+    """[B, P, V] logits at the target positions; in training with a source loss,
+    {'target': those, 'source': [B, S, V] logits at every position}."""
+    if task.source_lm_weight and dropout_key is not None:
+      every = model.bloom.logits(hidden)
+      return {'target': jnp.take_along_axis(every, batch['target_positions'][..., None], axis=1),
+              'source': every}
     at = jnp.take_along_axis(hidden, batch['target_positions'][..., None], axis=1)
     return model.bloom.logits(at)
 
+  def losses(self, logits, batch):
+    """The target positions' terms, followed in training with a source loss by every
+    position's source term (weight 0 but where the next token is a source token)."""
+    if not isinstance(logits, dict):
+      return super().losses(logits, batch)
+    nll, weights, correct = super().losses(logits['target'], batch)
+    source_nll, _ = losses.token_nll(logits['source'], batch['source_targets'])
+    # Source predictions stay out of `correct`: the logged accuracy is the target's.
+    return (jnp.concatenate([nll, source_nll], axis=1),
+            jnp.concatenate([weights, batch['source_weights']], axis=1),
+            jnp.concatenate([correct, jnp.zeros_like(source_nll, bool)], axis=1))
+
   def vocab_positions(self, task):
-    return target_budget(task)
+    return task.max_length if task.source_lm_weight else target_budget(task)
 
   def accumulator(self, task):
     return base.PerplexityMetrics()
 
   def evaluate(self, evaluator, task, examples, references):
     out = super().evaluate(evaluator, task, examples, None)
-    texts = evaluator.generate(task, self.prompts(examples), prompt_length(task))
-    out.update(metrics.rouge(texts, references))
+    texts = evaluator.generate(task, self.prompts(examples), prompt_length(task),
+                               **decoding_options(task))
+    out.update(metrics.rouge([strip_space(t) for t in texts], references))
     return out
 
   def predict(self, predictor, task, texts, **options):
     rows = self.inference_rows(task, predictor.tokenizer, texts)
     examples, _ = self.encode(task, predictor.tokenizer, rows, False, None)
     generated = predictor.generate(task, self.prompts(examples), prompt_length(task), **options)
-    return [{'text': t, 'generated': g} for t, g in zip(texts, generated, strict=True)]
+    return [{'text': t, 'generated': strip_space(g)}
+            for t, g in zip(texts, generated, strict=True)]
 
   def format_prediction(self, task, prediction):
     return prediction['generated']
