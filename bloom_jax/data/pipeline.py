@@ -33,7 +33,7 @@ from bloom_jax import tokenizer as tokenizer_lib
 from bloom_jax.data import packing, records, stream
 from bloom_jax.data.readers import DataError, Problems
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # Characters of each task's training text the BPE sees: bounds training time on big
 # corpora while keeping every task's vocabulary represented.
 TOKENIZER_CHARS_PER_TASK = 2_000_000
