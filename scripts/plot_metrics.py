@@ -1,12 +1,12 @@
 r"""Learning curves per task from the metrics.jsonl of bloom_jax.train runs.
 
   python scripts/plot_metrics.py runs/results --out docs/results       # all runs under a root
-  python scripts/plot_metrics.py runs/a runs/b --out plots               # given workdirs
+  python scripts/plot_metrics.py runs/a runs/b --out plots --name ab      # given workdirs
 
-It writes `<out>/learning-curves.png`, a row per task: the training loss and each validation
-metric against the step, one line per run that trained the task (the run's directory name is its
-label, so `multi-seed0` and `pos-seed0` compare directly). Needs matplotlib
-(`pip install -e '.[plots]'`).
+It writes `<out>/<name>.png` (default learning-curves.png), a row per task: the training loss
+and each validation metric against the step, one line per run that trained the task (the run's
+directory name is its label, so `multi-seed0` and `pos-seed0` compare directly; the mixture's
+lines are solid, the others dashed). Needs matplotlib (`pip install -e '.[plots]'`).
 """
 
 import argparse
@@ -49,7 +49,7 @@ def runs_under(paths: list[str]) -> list[str]:
   return found
 
 
-def plot(runs: dict[str, dict], out_dir: str) -> str:
+def plot(runs: dict[str, dict], out_dir: str, stem: str = 'learning-curves') -> str:
   """One PNG, a row per task; returns its path."""
   os.makedirs(out_dir, exist_ok=True)
   tasks = sorted({task for curves in runs.values() for task in curves})
@@ -72,7 +72,7 @@ def plot(runs: dict[str, dict], out_dir: str) -> str:
       ax.grid(alpha=0.3)
     row[0].legend(fontsize=7)
   fig.tight_layout()
-  path = os.path.join(out_dir, 'learning-curves.png')
+  path = os.path.join(out_dir, f'{stem}.png')
   fig.savefig(path, dpi=80)
   plt.close(fig)
   return path
@@ -81,13 +81,14 @@ def plot(runs: dict[str, dict], out_dir: str) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('paths', nargs='+', help='workdirs, or directories holding workdirs')
-  parser.add_argument('--out', required=True, help='directory for learning-curves.png')
+  parser.add_argument('--out', required=True, help='directory for the PNG')
+  parser.add_argument('--name', default='learning-curves', help='the PNG file name, less .png')
   args = parser.parse_args()
   workdirs = runs_under(args.paths)
   if not workdirs:
     raise SystemExit(f'{", ".join(args.paths)}: no workdir with a metrics.jsonl')
   runs = {os.path.basename(os.path.normpath(w)): read_curves(w) for w in workdirs}
-  print(f'wrote {plot(runs, args.out)}')
+  print(f'wrote {plot(runs, args.out, args.name)}')
 
 
 if __name__ == '__main__':

@@ -1,30 +1,88 @@
 #!/usr/bin/env bash
-# Trains and evaluates every row of docs/results.md: the five-task mixture and each task
-# alone, for the given seeds, then writes the table and the learning curves.
+# Trains and scores every run of docs/results.md for the given seeds: the five-task mixture,
+# each task alone on the mixture's data (data-matched: the same rows per step and steps) and
+# each task alone on the mixture's compute (equal compute: the steps the mixture's step-loop
+# time buys it), then draws the learning curves and writes docs/results.json (`models`) and
+# docs/results.md.
 #
-#   BLOOM_JAX_DATA=../shared/data scripts/real_results.sh runs/results 0 1
+#   BLOOM_JAX_DATA=../shared/data MACHINE="2-core x86-64 CPU, no GPU" \
+#       scripts/real_results.sh runs/results 0 1
 #
-# Each run is `bloom_jax.train` then `bloom_jax.evaluate` on the validation and test
-# splits (whole splits); a finished run is skipped when the script is rerun.
+# Each task's checkpoint is selected on validation (the best in-training evaluation of its
+# headline metric, scripts/results_table.py) and its whole validation and test splits are
+# scored at that step. A run's commands go to WORKDIR/commands.sh, which results.json quotes.
+# A run with WORKDIR/eval/done is skipped when the script is rerun; an interrupted one resumes.
 set -euo pipefail
 root=${1:?usage: scripts/real_results.sh WORKDIR_ROOT SEED [SEED ...]}
 shift
+seeds=("${@:?give at least one seed}")
 python=${PYTHON:-python}
-for seed in "${@:?give at least one seed}"; do
-  for variant in multi single=pos single=sst2 single=trec single=aeslc single=shakespeare; do
-    arg="seed=${seed}"
-    [[ $variant == multi ]] || arg="${variant},${arg}"
-    workdir="${root}/${variant#single=}-seed${seed}"
-    if [[ ! -f ${workdir}/eval/done ]]; then
-      "$python" -m bloom_jax.train --config "configs/real_multitask.py:${arg}" --workdir "$workdir"
-      "$python" -m bloom_jax.evaluate --workdir "$workdir" --split validation
-      case $variant in  # SST-2's test labels are hidden; Shakespeare has one held-out split
-        single=sst2|single=shakespeare) ;;
-        *) "$python" -m bloom_jax.evaluate --workdir "$workdir" --split test ;;
-      esac
-      touch "${workdir}/eval/done"
-    fi
+table=("$python" scripts/results_table.py)
+machine=${MACHINE:-"$(nproc) CPU cores ($(uname -m)), JAX devices: $("$python" -c \
+    'import jax; print(", ".join(sorted({d.device_kind for d in jax.devices()})))')"}
+
+# logged WORKDIR COMMAND...: appends COMMAND to WORKDIR/commands.sh, then runs it.
+logged() {
+  local workdir=$1 word line=''
+  shift
+  for word in "$@"; do  # quoted only where the shell needs it
+    [[ $word =~ ^[[:alnum:]_./:=,@+-]+$ ]] || word=$(printf '%q' "$word")
+    line+="${word} "
+  done
+  echo "${line% }" >> "${workdir}/commands.sh"
+  "$@"
+}
+
+# run NAME CONFIG_ARG [TRAIN FLAG ...]: trains ROOT/NAME on configs/real_multitask.py:CONFIG_ARG,
+# then scores the step selected for each of its tasks.
+run() {
+  local workdir="${root}/$1" arg=$2
+  shift 2
+  if [[ -f ${workdir}/eval/done ]]; then
+    return
+  fi
+  mkdir -p "$workdir"
+  : > "${workdir}/commands.sh"
+  logged "$workdir" "$python" -m bloom_jax.train --config "configs/real_multitask.py:${arg}" \
+      --workdir "$workdir" "$@"
+  local listed pairs pair split step
+  listed=$("${table[@]}" evaluations "$workdir")  # SPLIT STEP lines
+  mapfile -t pairs <<< "$listed"
+  for pair in "${pairs[@]}"; do
+    read -r split step <<< "$pair"
+    logged "$workdir" "$python" -m bloom_jax.evaluate --workdir "$workdir" --split "$split" \
+        --step "$step"
+  done
+  touch "${workdir}/eval/done"
+}
+
+listed=$("${table[@]}" selection)  # TASK METRIC MODE lines: each task's headline metric
+mapfile -t selection <<< "$listed"
+for seed in "${seeds[@]}"; do
+  # The mixture keeps every checkpoint (three: every 400 of 1,200 steps), since each task
+  # is scored at its own selected step; one task alone keeps its best (best_metric).
+  run "multi-seed${seed}" "seed=${seed}" --config.keep_checkpoints=1000
+  for line in "${selection[@]}"; do
+    read -r task metric mode <<< "$line"
+    best=(--config.best_metric="$metric" --config.best_mode="$mode")
+    run "${task}-seed${seed}" "single=${task},seed=${seed}" "${best[@]}"
+    steps=$("${table[@]}" equal-steps "${root}/multi-seed${seed}" "${root}/${task}-seed${seed}")
+    run "${task}-equal-seed${seed}" "single=${task},seed=${seed}" "${best[@]}" \
+        --config.total_steps="$steps"
   done
 done
-"$python" scripts/results_table.py "$root"   # the table of docs/results.md
-"$python" scripts/plot_metrics.py "$root" --out docs/results
+
+# Learning curves: the mixture beside each task alone, data-matched, then equal compute.
+matched=() equal=()
+for seed in "${seeds[@]}"; do
+  matched+=("${root}/multi-seed${seed}")
+  equal+=("${root}/multi-seed${seed}")
+  for line in "${selection[@]}"; do
+    matched+=("${root}/${line%% *}-seed${seed}")
+    equal+=("${root}/${line%% *}-equal-seed${seed}")
+  done
+done
+"$python" scripts/plot_metrics.py "${matched[@]}" --out docs/results
+"$python" scripts/plot_metrics.py "${equal[@]}" --out docs/results \
+    --name learning-curves-equal-compute
+"${table[@]}" collect "$root" --machine "$machine"

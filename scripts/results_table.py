@@ -1,63 +1,197 @@
-r"""The single-task vs multi-task table of docs/results.md, from the runs of real_results.sh.
+r"""docs/results.json's `models` section and docs/results.md, from the runs of real_results.sh.
 
-  python scripts/results_table.py runs/results --out docs/results_table.md
+  python scripts/results_table.py collect runs/results --machine "2-core x86-64 CPU, no GPU"
+  python scripts/results_table.py render     # docs/results.md again (after editing the analysis)
 
-Reads `<root>/<multi|TASK>-seed<N>/` (metrics.jsonl, eval/<split>_<step>.json written by
-`bloom_jax.evaluate` over whole splits, and the checkpoint's array metadata for the
-parameter count) and writes a Markdown table: mean and spread (min-max) over seeds.
+The runs under the root: `multi-seed<N>` (the five-task mixture), `<task>-seed<N>` (the task
+alone, data-matched: the same rows of it per step and the same steps as in the mixture) and
+`<task>-equal-seed<N>` (the task alone, equal compute: as many steps as the mixture's
+step-loop time buys it, `equal-steps` below).
+
+Model selection, one rule for every run and task: the step whose in-training validation
+evaluation of the task's headline metric is best (the `eval/<task>/<metric>` lines of
+metrics.jsonl, over the first data.eval_examples examples of the split), the earliest on a
+tie. A task trained alone also names that step in best.json (its best_metric); the two must
+agree. Reported are the whole validation and test splits at that step, scored by
+`bloom_jax.evaluate --split S --step N` (eval/<split>_<step>.json).
+
+`collect` replaces only the `models` key of docs/results.json (scripts/baselines.py writes
+`baselines`, read here for each task's baseline and AESLC's lead-4 target), then renders
+docs/results.md from it, the learning curves of scripts/plot_metrics.py and the hand-written
+docs/results_analysis.md, included verbatim. What real_results.sh asks while it runs:
+
+  python scripts/results_table.py selection                 # TASK eval/<task>/<metric> max|min
+  python scripts/results_table.py evaluations WORKDIR       # SPLIT STEP: the scores to compute
+  python scripts/results_table.py equal-steps MULTI SINGLE  # the equal-compute total_steps
 """
 
 import argparse
 import collections
+import dataclasses
 import glob
 import json
 import math
 import os
+import pathlib
 import re
 import statistics
+import textwrap
 
-# (dataset, metric shown, file key, scale, higher is better, target)
-ROWS = [
-    ('UD EWT POS', 'UPOS accuracy, dev (%)', ('pos', 'validation', 'word_accuracy'), 100, True, 93),
-    ('UD EWT POS', 'UPOS accuracy, test (%)', ('pos', 'test', 'word_accuracy'), 100, True, 93),
-    ('SST-2', 'accuracy, dev (%)', ('sst2', 'validation', 'accuracy'), 100, True, 82),
-    ('TREC-6', 'accuracy, test (%)', ('trec', 'test', 'accuracy'), 100, True, 90),
-    ('AESLC', 'ROUGE-1, dev', ('aeslc', 'validation', 'rouge1'), 1, True, None),
-    ('AESLC', 'ROUGE-2, dev', ('aeslc', 'validation', 'rouge2'), 1, True, None),
-    ('AESLC', 'ROUGE-L, dev', ('aeslc', 'validation', 'rougeL'), 1, True, 20),
-    ('AESLC', 'ROUGE-1, test', ('aeslc', 'test', 'rouge1'), 1, True, None),
-    ('AESLC', 'ROUGE-2, test', ('aeslc', 'test', 'rouge2'), 1, True, None),
-    ('AESLC', 'ROUGE-L, test', ('aeslc', 'test', 'rougeL'), 1, True, 20),
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DOCS = REPO / 'docs'
+
+
+@dataclasses.dataclass(frozen=True)
+class Headline:
+  """A task's headline metric and its targets (issue #22)."""
+  dataset: str
+  metric: str               # in the eval files: eval/<task>/<metric>, <split>/<task>/<metric>
+  reported: str             # its name in results.json, the one the baselines use
+  factor: float             # reported value = factor x metric
+  units: str                # as the baselines' units: fraction, x100 or nats
+  mode: str                 # 'max' or 'min': which way is better
+  splits: tuple[str, ...]   # scored at the selected step
+  targets: dict             # split: a value in `units`, or the baseline method to match
+
+
+HEADLINES = {
+    'pos': Headline('UD EWT POS', 'word_accuracy', 'word_accuracy', 1, 'fraction', 'max',
+                    ('validation', 'test'), {'test': 0.93}),
+    'sst2': Headline('SST-2', 'accuracy', 'accuracy', 1, 'fraction', 'max',  # test labels hidden
+                     ('validation',), {'validation': 0.83}),
+    'trec': Headline('TREC-6', 'accuracy', 'accuracy', 1, 'fraction', 'max',
+                     ('validation', 'test'), {'test': 0.91}),
+    'aeslc': Headline('AESLC', 'rougeL', 'rougeL', 1, 'x100', 'max', ('validation', 'test'),
+                      {'validation': 'lead-4', 'test': 'lead-4'}),
     # Tiny Shakespeare is ASCII, so bits per byte x ln 2 is nats per character.
-    ('Tiny Shakespeare', 'validation loss (nats/char)',
-     ('shakespeare', 'validation', 'bits_per_byte'), math.log(2), False, 1.6),
-]
-RUN = re.compile(r'(?P<name>[a-z0-9_]+)-seed(?P<seed>\d+)$')
+    'shakespeare': Headline('Tiny Shakespeare', 'bits_per_byte', 'nats_per_character',
+                            math.log(2), 'nats', 'min', ('validation',), {'validation': 1.50}),
+}
+LABELS = {'word_accuracy': 'UPOS accuracy (%)', 'accuracy': 'accuracy (%)',
+          'rougeL': 'ROUGE-L', 'nats_per_character': 'nats/char'}
+KINDS = {'single': 'single, data-matched', 'single_equal_compute': 'single, equal compute',
+         'multi': 'multi-task'}
+RUN = re.compile(r'(?P<task>[a-z0-9_]+?)(?P<equal>-equal)?-seed(?P<seed>\d+)$')
+FIGURES = {'learning-curves.png': 'the mixture (solid) and each task alone, data-matched '
+                                  '(dashed)',
+           'learning-curves-equal-compute.png': 'the mixture (solid) and each task alone with '
+                                                "the mixture's compute (dashed)"}
 
 
-def read_run(path: str) -> dict:
-  """{(task, split, metric): value, 'seconds': s, 'params': n, 'steps': n} of one run."""
-  out = {}
-  for name in glob.glob(os.path.join(path, 'eval', '*_*.json')):
-    with open(name) as f:
-      results = json.load(f)
-    for key, value in results.items():
-      if key.count('/') == 2:
-        split, task, metric = key.split('/')
-        out[task, split, metric] = value
-  seconds, steps = 0.0, 0
+# --------------------------------------------------------------------------------------
+# One run: its evaluations, the selected step, its cost
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str
+  kind: str                 # a key of KINDS
+  seed: int
+  tasks: tuple[str, ...]
+  path: str
+
+
+def run_at(path: str) -> Run | None:
+  """The run in `path`, by the name real_results.sh gives it; None if it is not one."""
+  match = RUN.match(os.path.basename(os.path.normpath(path)))
+  if not match or not os.path.exists(os.path.join(path, 'metrics.jsonl')):
+    return None
+  task, seed = match['task'], int(match['seed'])
+  if task == 'multi' and not match['equal']:
+    return Run(match[0], 'multi', seed, tuple(HEADLINES), path)
+  if task in HEADLINES:
+    kind = 'single_equal_compute' if match['equal'] else 'single'
+    return Run(match[0], kind, seed, (task,), path)
+  return None
+
+
+def find_runs(root: str) -> list[Run]:
+  """The runs under `root`: the mixture's first, then each task's alone, then by seed."""
+  runs = [run for path in glob.glob(os.path.join(root, '*-seed*')) if (run := run_at(path))]
+  order = ('multi', 'single', 'single_equal_compute')
+  return sorted(runs, key=lambda r: (r.kind != 'multi', list(HEADLINES).index(r.tasks[0]),
+                                     order.index(r.kind), r.seed))
+
+
+def read_metrics(path: str) -> tuple[dict, dict]:
+  """({step: training line}, {step: evaluation line}) of a run's metrics.jsonl; a step
+  logged twice (a resumed run repeats the steps after its checkpoint) keeps its last line."""
+  train, evals = {}, {}
   with open(os.path.join(path, 'metrics.jsonl')) as f:
-    previous = 0
-    for line in map(json.loads, f):
-      if 'steps_per_s' in line:  # a training line: the steps since the previous one
-        seconds += (line['step'] - previous) / line['steps_per_s']
-        previous = steps = line['step']
-  out['seconds'], out['steps'] = seconds, steps
-  out['params'] = count_params(path)
+    for text in f:
+      try:
+        line = json.loads(text)
+      except ValueError:  # a line cut short by a killed process
+        continue
+      if 'steps_per_s' in line:
+        train[line['step']] = line
+      elif any(k.startswith('eval/') for k in line):
+        evals[line['step']] = line
+  return train, evals
+
+
+def select(path: str, task: str) -> tuple[int, float]:
+  """(step, value): the task's best in-training validation evaluation, the earliest on a
+  tie; checked against best.json when the run judged the same metric."""
+  headline = HEADLINES[task]
+  key = f'eval/{task}/{headline.metric}'
+  scored = [(step, line[key]) for step, line in sorted(read_metrics(path)[1].items())
+            if math.isfinite(line.get(key, math.nan))]
+  if not scored:
+    raise SystemExit(f'{path}: metrics.jsonl has no {key} evaluation')
+  sign = 1 if headline.mode == 'max' else -1
+  step, value = max(scored, key=lambda s: (sign * s[1], -s[0]))
+  try:
+    with open(os.path.join(path, 'best.json')) as f:
+      best = json.load(f)
+  except FileNotFoundError:
+    best = {}
+  if best.get('metric') == key and best.get('step') != step:
+    raise SystemExit(f'{path}: best.json names step {best.get("step")} for {key}, its '
+                     f'evaluations in metrics.jsonl step {step}')
+  return step, value
+
+
+def evaluations(run: Run) -> list[tuple[str, int]]:
+  """(split, step) of every whole-split score the run's tasks report."""
+  pairs = {(split, select(run.path, task)[0])
+           for task in run.tasks for split in HEADLINES[task].splits}
+  return sorted(pairs, key=lambda p: (p[1], p[0] != 'validation'))
+
+
+def scored(path: str, task: str, step: int) -> dict[str, float]:
+  """{split: the task's reported value at `step`} from eval/<split>_<step>.json."""
+  headline, out = HEADLINES[task], {}
+  for split in headline.splits:
+    key = f'{split}/{task}/{headline.metric}'
+    name = os.path.join(path, 'eval', f'{split}_{step}.json')
+    try:
+      with open(name) as f:
+        out[split] = json.load(f)[key] * headline.factor
+    except (FileNotFoundError, KeyError):
+      raise SystemExit(f'{name}: no {key}; score it with: python -m bloom_jax.evaluate '
+                       f'--workdir {path} --split {split} --step {step}') from None
   return out
 
 
+def cost(path: str) -> dict:
+  """The run's steps, step-loop wall time (the sum of its log windows: compilation and
+  in-training evaluations included; data preparation and bloom_jax.evaluate not), its
+  median steps/s and its parameter count."""
+  train = read_metrics(path)[0]
+  seconds, previous = 0.0, 0
+  for step, line in sorted(train.items()):
+    seconds += (step - previous) / line['steps_per_s']
+    previous = step
+  rates = [line['steps_per_s'] for line in train.values()]
+  return {'steps': previous, 'wall_seconds': round(seconds, 1),
+          'median_steps_per_s': round(statistics.median(rates), 4) if rates else None,
+          'params': count_params(path)}
+
+
 def count_params(path: str) -> int:
+  """Parameters in the newest checkpoint's array metadata."""
   steps = [int(s) for s in os.listdir(os.path.join(path, 'checkpoints')) if s.isdigit()]
   with open(os.path.join(path, 'checkpoints', str(max(steps)), 'state', '_METADATA')) as f:
     tree = json.load(f)['tree_metadata']
@@ -65,70 +199,352 @@ def count_params(path: str) -> int:
              if k.startswith("('params',"))
 
 
-def summary(values: list[float], digits: int) -> str:
-  if not values:
-    return 'n/a'
-  mean = statistics.fmean(values)
-  if len(values) == 1:
-    return f'{mean:.{digits}f}'
-  return f'{mean:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})'
+def equal_steps(multi: str, single: str) -> int:
+  """Steps of the task alone that cost the mixture's step loop: the mixture's steps times
+  the ratio of the median steps/s (medians: the windows holding a compilation or an
+  evaluation, and moments of shared cores, do not count)."""
+  m, s = cost(multi), cost(single)
+  return round(m['steps'] * s['median_steps_per_s'] / m['median_steps_per_s'])
 
 
-def table(runs: dict) -> str:
-  """runs: {(name, seed): read_run(...)}, name 'multi' or a task."""
-  seeds = sorted({seed for _, seed in runs})
-  lines = [f'Mean over seeds {", ".join(map(str, seeds))}; (min-max) in brackets.', '',
-           '| dataset | metric | target | single-task | multi-task | multi - single |',
-           '| --- | --- | --- | --- | --- | --- |']
-  for dataset, metric, key, scale, higher, target in ROWS:
-    task = key[0]
-    single = [r[key] * scale for (n, _), r in sorted(runs.items()) if n == task and key in r]
-    multi = [r[key] * scale for (n, _), r in sorted(runs.items()) if n == 'multi' and key in r]
-    digits = {100: 1, 1: 2}.get(scale, 3)  # percent, ROUGE, nats
-    delta = 'n/a'
-    if single and multi:
-      d = statistics.fmean(multi) - statistics.fmean(single)
-      better = (d > 0) == higher
-      delta = f'{d:+.{digits}f} ({"better" if better else "worse"})' if d else '0'
-    goal = 'n/a' if target is None else f'{">=" if higher else "<="} {target}'
-    lines.append(f'| {dataset} | {metric} | {goal} | {summary(single, digits)} | '
-                 f'{summary(multi, digits)} | {delta} |')
-  lines += ['', '| run | seeds | steps | parameters | training minutes (mean) | command |',
-            '| --- | --- | --- | --- | --- | --- |']
-  names = collections.defaultdict(list)
-  for (name, seed), r in sorted(runs.items()):
-    names[name].append((seed, r))
-  for name in ['multi'] + sorted(n for n in names if n != 'multi'):
-    if name not in names:
-      continue
-    rs = [r for _, r in names[name]]
-    arg = 'seed=S' if name == 'multi' else f'single={name},seed=S'
-    command = (f'`python -m bloom_jax.train --config configs/real_multitask.py:{arg} '
-               f'--workdir runs/results/{name}-seedS`')
-    lines.append(f'| {name} | {", ".join(str(s) for s, _ in names[name])} | {rs[0]["steps"]} | '
-                 f'{rs[0]["params"]:,} | {statistics.fmean(r["seconds"] for r in rs) / 60:.1f} | '
-                 f'{command} |')
-  return '\n'.join(lines) + '\n'
+def commands(path: str) -> list[str]:
+  """The commands real_results.sh ran for the run (WORKDIR/commands.sh), in order."""
+  try:
+    with open(os.path.join(path, 'commands.sh')) as f:
+      return [line.strip() for line in f if line.strip()]
+  except FileNotFoundError:
+    return []
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('root', help='directory holding the <name>-seed<N> runs')
-  parser.add_argument('--out', help='Markdown file to write (default: print)')
-  args = parser.parse_args()
-  runs = {}
-  for path in sorted(glob.glob(os.path.join(args.root, '*-seed*'))):
-    match = RUN.match(os.path.basename(path))
-    if match and glob.glob(os.path.join(path, 'eval', '*_*.json')):  # evaluated runs only
-      runs[match['name'], int(match['seed'])] = read_run(path)
+# --------------------------------------------------------------------------------------
+# results.json: the models section
+# --------------------------------------------------------------------------------------
+
+
+def spread(values: dict[str, float]) -> dict:
+  return {'mean': round(statistics.fmean(values.values()), 6),
+          'min': round(min(values.values()), 6), 'max': round(max(values.values()), 6),
+          'per_seed': {seed: round(v, 6) for seed, v in values.items()}}
+
+
+def best_baseline(rows: list[dict], task: str, split: str) -> dict | None:
+  """The best classic baseline on the task's headline metric and split, or None."""
+  headline = HEADLINES[task]
+  found = [r for r in rows
+           if (r['task'], r['split'], r['metric']) == (task, split, headline.reported)]
+  if not found:
+    return None
+  sign = 1 if headline.mode == 'max' else -1
+  row = max(found, key=lambda r: sign * r['value'])
+  return {'value': row['value'], 'method': row['method']}
+
+
+def target(rows: list[dict], task: str, split: str) -> dict:
+  headline = HEADLINES[task]
+  goal = headline.targets[split]
+  comparison = '>=' if headline.mode == 'max' else '<='
+  if not isinstance(goal, str):
+    return {'value': goal, 'comparison': comparison, 'source': 'issue #22'}
+  found = [r['value'] for r in rows if (r['task'], r['split'], r['metric'], r['method'])
+           == (task, split, headline.reported, goal)]
+  if not found:
+    raise SystemExit(f'results.json: no {goal} baseline row for {task} {split} '
+                     f'{headline.reported}; run python scripts/baselines.py --tasks {task}')
+  return {'value': found[0], 'comparison': comparison, 'source': f'the {goal} baseline'}
+
+
+def model_scores(task: str, runs: list[Run]) -> dict:
+  """One kind of run of a task over its seeds: selected steps, the value each selection
+  saw, and each split's spread."""
+  headline = HEADLINES[task]
+  steps, seen, values = {}, {}, collections.defaultdict(dict)
+  for run in sorted(runs, key=lambda r: r.seed):
+    seed = str(run.seed)
+    steps[seed], value = select(run.path, task)
+    seen[seed] = round(value * headline.factor, 6)
+    for split, v in scored(run.path, task, steps[seed]).items():
+      values[split][seed] = v
+  return {'selected_step': steps, 'selection_value': seen,
+          **{split: spread(values[split]) for split in headline.splits}}
+
+
+def models_section(root: str, baselines: dict, machine: str) -> dict:
+  runs = find_runs(root)
   if not runs:
-    raise SystemExit(f'{args.root}: no evaluated <name>-seed<N> runs (bloom_jax.evaluate '
-                     'writes their eval/*.json)')
-  text = table(runs)
-  if args.out:
-    with open(args.out, 'w') as f:
-      f.write(text)
-  print(text, end='')
+    raise SystemExit(f'{root}: no multi-seed<N>, <task>-seed<N> or <task>-equal-seed<N> run '
+                     'with a metrics.jsonl')
+  rows = baselines['rows']
+  tasks = {}
+  for task, headline in HEADLINES.items():
+    by_kind = {kind: [r for r in runs if r.kind == kind and task in r.tasks] for kind in KINDS}
+    if not any(by_kind.values()):
+      continue
+    entry = {'dataset': headline.dataset, 'metric': headline.reported, 'units': headline.units,
+             'better': 'higher' if headline.mode == 'max' else 'lower',
+             'selected_by': f'eval/{task}/{headline.metric}', 'splits': list(headline.splits),
+             'target': {split: target(rows, task, split) for split in headline.targets},
+             'baseline': {split: best_baseline(rows, task, split) for split in headline.splits}}
+    entry.update({kind: model_scores(task, rs) for kind, rs in by_kind.items() if rs})
+    entry['commands'] = {kind: {str(r.seed): commands(r.path) for r in rs}
+                         for kind, rs in by_kind.items() if rs}
+    tasks[task] = entry
+  seeds = sorted({r.seed for r in runs})
+  return {
+      'description': (
+          'Each task trained in the mixture (multi), alone with the same rows per step and '
+          'steps (single, data-matched) and alone for the step-loop time of the mixture '
+          '(single_equal_compute). Per task and kind: the step selected on validation per '
+          'seed (selected_step; selection_value is the in-training validation value it was '
+          'chosen by), then per split the whole-split value at that step: mean, min, max '
+          'and per seed. Units as in baselines: fractions for accuracies, x100 for ROUGE, '
+          'nats per character for Tiny Shakespeare.'),
+      'selection': (
+          'per task, the best in-training validation evaluation of its headline metric '
+          '(metrics.jsonl, the first data.eval_examples examples of the split), the '
+          'earliest step on a tie; best.json agrees for runs trained with best_metric; '
+          'scores at that step from bloom_jax.evaluate --step N over whole splits'),
+      'command': f'scripts/real_results.sh {root} {" ".join(map(str, seeds))}',
+      'machine': machine,
+      'seeds': seeds,
+      'tasks': tasks,
+      'runs': {r.name: {'kind': r.kind, 'seed': r.seed, 'tasks': list(r.tasks), **cost(r.path)}
+               for r in runs},
+  }
+
+
+def read_document(path: str) -> dict:
+  """docs/results.json, which must hold the baselines section."""
+  with open(path) as f:
+    document = json.load(f)
+  if 'baselines' not in document:
+    raise SystemExit(f'{path}: no baselines section; run python scripts/baselines.py first')
+  return document
+
+
+def write_json(path: str, document: dict) -> None:
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(document, f, indent=2)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------
+# results.md
+# --------------------------------------------------------------------------------------
+
+
+def number(value: float, units: str, signed: bool = False) -> str:
+  scale, digits = {'fraction': (100, 1), 'x100': (1, 2), 'nats': (1, 3)}[units]
+  return f'{value * scale:{"+" if signed else ""}.{digits}f}'
+
+
+def meets(value: float, goal: dict) -> bool:
+  return value >= goal['value'] if goal['comparison'] == '>=' else value <= goal['value']
+
+
+def cell(stats: dict | None, units: str, goal: dict | None) -> str:
+  """'mean (min-max)', in bold when the mean meets the target."""
+  if stats is None:
+    return 'n/a'
+  text = number(stats['mean'], units)
+  if len(stats['per_seed']) > 1:
+    text += f' ({number(stats["min"], units)}-{number(stats["max"], units)})'
+  return f'**{text}**' if goal and meets(stats['mean'], goal) else text
+
+
+def difference(entry: dict, split: str, kind: str) -> str:
+  if 'multi' not in entry or kind not in entry:
+    return 'n/a'
+  d = entry['multi'][split]['mean'] - entry[kind][split]['mean']
+  if not d:
+    return '0'
+  better = (d > 0) == (entry['better'] == 'higher')
+  return f'{number(d, entry["units"], signed=True)} ({"better" if better else "worse"})'
+
+
+def results_table(models: dict) -> list[str]:
+  header = ['dataset', 'metric', 'split', 'target', 'baseline', *KINDS.values(),
+            'multi - single, data-matched', 'multi - single, equal compute']
+  lines = [prose(f'Mean over seeds {", ".join(map(str, models["seeds"]))}, (min-max) in '
+                 'brackets; in bold where the mean meets the target. Accuracies in %. The '
+                 'baseline is the best classic one (below). Multi - single compares the means.'),
+           '',
+           '| ' + ' | '.join(header) + ' |', '| --- ' * len(header) + '|']
+  for entry in models['tasks'].values():
+    units = entry['units']
+    for split in entry['splits']:
+      goal, base = entry['target'].get(split), entry['baseline'][split]
+      cells = [entry['dataset'], LABELS[entry['metric']], split,
+               f'{goal["comparison"]} {number(goal["value"], units)}' if goal else '-',
+               number(base['value'], units) if base else 'n/a',
+               *(cell(entry[k][split] if k in entry else None, units, goal) for k in KINDS),
+               difference(entry, split, 'single'), difference(entry, split, 'single_equal_compute')]
+      lines.append('| ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def steps_table(models: dict) -> list[str]:
+  lines = ['| dataset | ' + ' | '.join(KINDS.values()) + ' |', '| --- ' * (1 + len(KINDS)) + '|']
+  for entry in models['tasks'].values():
+    cells = [', '.join(f'{s} (seed {seed})' for seed, s in entry[k]['selected_step'].items())
+             if k in entry else 'n/a' for k in KINDS]
+    lines.append(f'| {entry["dataset"]} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def runs_table(models: dict) -> list[str]:
+  lines = ['| run | steps | parameters | step-loop minutes | median steps/s |',
+           '| --- | --- | --- | --- | --- |']
+  for name, run in models['runs'].items():
+    rate = run['median_steps_per_s']
+    lines.append(f'| {name} | {run["steps"]:,} | {run["params"]:,} | '
+                 f'{run["wall_seconds"] / 60:.1f} | {"n/a" if rate is None else f"{rate:.2f}"} |')
+  return lines
+
+
+def command_lines(models: dict) -> list[str]:
+  """Every run's commands, in the order of the runs."""
+  by_run = {}
+  for task, entry in models['tasks'].items():
+    for kind, by_seed in entry['commands'].items():
+      name = {'multi': 'multi', 'single': task, 'single_equal_compute': f'{task}-equal'}[kind]
+      by_run.update({f'{name}-seed{seed}': lines for seed, lines in by_seed.items()})
+  out = ['```bash']
+  for name in models['runs']:
+    out += [f'# {name}', *(by_run[name] or ['# (no commands.sh in the workdir)'])]
+  return out + ['```']
+
+
+def baselines_table(baselines: dict) -> list[str]:
+  """Each task's baselines on its headline metric, a row per method."""
+  lines = ['| dataset | method | metric | validation | test |', '| --- | --- | --- | --- | --- |']
+  for task, headline in HEADLINES.items():
+    values = collections.defaultdict(dict)
+    for r in baselines['rows']:
+      if r['task'] == task and r['metric'] == headline.reported:
+        values[r['method']][r['split']] = number(r['value'], headline.units)
+    for method, by_split in values.items():
+      lines.append(f'| {headline.dataset} | {method} | {LABELS[headline.reported]} | '
+                   f'{by_split.get("validation", "-")} | {by_split.get("test", "-")} |')
+  return lines
+
+
+def prose(text: str) -> str:
+  return textwrap.fill(text, width=92, break_on_hyphens=False)
+
+
+def render(document: dict, analysis: str, figures: dict[str, str]) -> str:
+  """docs/results.md. `figures`: {path relative to the page: caption}."""
+  models = document.get('models')
+  command = (models or {}).get('command', 'scripts/real_results.sh runs/results 0 1')
+  lines = ['# Real-data results: multi-task vs single-task', '',
+           '<!-- Generated by scripts/results_table.py from results.json and results_analysis.md:',
+           '     edit those, then run `python scripts/results_table.py render`. -->', '',
+           prose('One BLOOM trunk trained from scratch on five public datasets at once (the '
+                 'mixture) against the same trunk trained on each dataset alone, in two ways: '
+                 'data-matched (the same rows of the task per step and the same steps as in the '
+                 "mixture) and equal compute (as many steps as the mixture's step-loop time buys "
+                 'the task alone, from the ratio of their median steps/s). Every number is in '
+                 '[results.json](results.json): `models` for the runs, `baselines` for the '
+                 'classic baselines. The runs, their scores, this page and the learning curves '
+                 'come from:'),
+           '', '```bash', f'BLOOM_JAX_DATA=../shared/data MACHINE="..." {command}', '```', '']
+  if models:
+    lines += [f'Machine: {models["machine"]}.', '', '## Model selection', '',
+              prose('Each task is scored at its own step, selected on validation: '
+                    f'{models["selection"]}. Validation values at a step chosen on validation '
+                    'are optimistic; test values are not (SST-2 and Tiny Shakespeare have no '
+                    'labelled test split).'), '',
+              '## Results', '', *results_table(models), '',
+              '### Selected steps', '', *steps_table(models), '',
+              '### Runs', '',
+              prose('Step-loop minutes: the sum of the log windows (compilation and in-training '
+                    'evaluations included; data preparation and the whole-split scoring not).'),
+              '', *runs_table(models), '', *command_lines(models), '']
+  else:
+    lines += ['## Results', '',
+              prose('No model runs are recorded in results.json yet: the command above trains '
+                    'and scores them, then writes them with `python scripts/results_table.py '
+                    'collect ROOT --machine ...`.'), '']
+  lines += ['## Classic baselines on the same splits', '',
+            prose(f'`{document["baselines"]["command"]}` (needs scikit-learn, in the test extra) '
+                  "reads the same splits through the project's readers and scores them with its "
+                  'metric code; methods, chosen hyperparameters and the other metrics are in '
+                  'results.json (`baselines`).'), '',
+            *baselines_table(document['baselines']), '']
+  if models and figures:
+    lines += ['## Learning curves', '',
+              prose('Training loss and the in-training validation metrics (the first '
+                    'data.eval_examples examples of each split) against the step.'), '']
+    for path, caption in figures.items():
+      lines += [f'![learning curves: {caption}]({path})', '']
+  return '\n'.join(lines) + '\n## Analysis\n\n' + analysis.strip() + '\n'
+
+
+def write_markdown(json_path: str, analysis_path: str, figures_dir: str, out: str) -> None:
+  try:
+    with open(analysis_path) as f:
+      analysis = f.read()
+  except FileNotFoundError:
+    raise SystemExit(f'{analysis_path}: missing. Write the analysis there first (which tasks '
+                     'gain from sharing, which lose, and the mechanism measured); '
+                     'docs/results.md includes it verbatim.') from None
+  document = read_document(json_path)
+  here = os.path.dirname(os.path.abspath(out))
+  figures = {os.path.relpath(os.path.join(figures_dir, name), here): caption
+             for name, caption in FIGURES.items()
+             if os.path.exists(os.path.join(figures_dir, name))}
+  with open(out, 'w') as f:
+    f.write(render(document, analysis, figures))
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parsers = parser.add_subparsers(dest='command', required=True)
+  collect = parsers.add_parser('collect', help='the models section from ROOT, then the page')
+  collect.add_argument('root', help='the directory real_results.sh trained in')
+  collect.add_argument('--machine', required=True, help='what the runs ran on, in words')
+  render = parsers.add_parser('render', help='docs/results.md from results.json and the analysis')
+  for sub in (collect, render):
+    sub.add_argument('--json', default=str(DOCS / 'results.json'))
+    sub.add_argument('--analysis', default=str(DOCS / 'results_analysis.md'),
+                     help='the hand-written analysis, included verbatim')
+    sub.add_argument('--figures', default=str(DOCS / 'results'),
+                     help="scripts/plot_metrics.py's --out directory")
+    sub.add_argument('--markdown', default=str(DOCS / 'results.md'))
+  parsers.add_parser('selection', help='TASK METRIC MODE: the best_metric of each task')
+  sub = parsers.add_parser('evaluations', help='SPLIT STEP: the scores a run must compute')
+  sub.add_argument('workdir')
+  sub = parsers.add_parser('equal-steps', help="a task's steps that cost the mixture's")
+  sub.add_argument('multi')
+  sub.add_argument('single')
+  args = parser.parse_args(argv)
+
+  if args.command == 'selection':
+    for task, headline in HEADLINES.items():
+      print(task, f'eval/{task}/{headline.metric}', headline.mode)
+  elif args.command == 'evaluations':
+    run = run_at(args.workdir)
+    if run is None:
+      raise SystemExit(f'{args.workdir}: not a multi-seed<N>, <task>-seed<N> or '
+                       '<task>-equal-seed<N> run with a metrics.jsonl')
+    for split, step in evaluations(run):
+      print(split, step)
+  elif args.command == 'equal-steps':
+    print(equal_steps(args.multi, args.single))
+  else:
+    if args.command == 'collect':
+      document = read_document(args.json)
+      document['models'] = models_section(args.root, document['baselines'], args.machine)
+      write_json(args.json, document)
+    write_markdown(args.json, args.analysis, args.figures, args.markdown)
+    print(f'wrote {args.markdown}')
 
 
 if __name__ == '__main__':
