@@ -13,6 +13,7 @@ import ml_collections
 from bloom_jax import sharding
 from bloom_jax.errors import ConfigError, DataError
 from bloom_jax.model import BloomConfig
+from bloom_jax.steps import LOSS_BALANCING
 
 REQUIRED = ('seed', 'total_steps', 'log_every', 'eval_every', 'checkpoint_every',
             'mesh.data', 'mesh.fsdp', 'mesh.tensor', 'data.dir', 'model', 'optimizer', 'tasks')
@@ -127,6 +128,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if not config.optimizer.clip_norm > 0:  # 0 would zero every update
     raise ConfigError(f'optimizer.clip_norm: must be > 0 (a large value turns clipping off), '
                       f'got {config.optimizer.clip_norm!r}')
+  balancing = config.get('loss_balancing', 'static')
+  if balancing not in LOSS_BALANCING:
+    raise ConfigError(f'loss_balancing: must be one of {", ".join(LOSS_BALANCING)}, '
+                      f'got {balancing!r}')
   if config.get('best_mode', 'max') not in ('max', 'min'):
     raise ConfigError(f"best_mode: must be 'max' or 'min', got {config.best_mode!r}")
   if not config.tasks:

@@ -4,6 +4,12 @@ A task with a `pos_tagger` also has a tag embedding table: its rows' `pos_tags` 
 index + 1, 0 for none) are embedded and added to the word embeddings, before their
 LayerNorm, as one more input embedding. The table starts at zero, so the model starts
 as the one without tags; like biases, it has no weight decay.
+
+With `task_uncertainty` (config `loss_balancing='uncertainty'`) the model also holds one
+learned log-variance s_t = log sigma_t^2 per task, which `steps.multitask_loss` weighs
+the task's loss by (Kendall et al. 2018). They are parameters like any other, so they are
+trained, checkpointed and restored with the rest; the trunk, which is all the Hugging
+Face export reads, does not change.
 """
 
 import jax
@@ -29,7 +35,8 @@ class MultiTaskModel(nnx.Module):
   """The trunk, plus the heads the tasks' types make (`TaskType.make_head`) and the tag
   embeddings of the tasks with a part-of-speech tagger."""
 
-  def __init__(self, cfg: BloomConfig, tasks: dict, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: BloomConfig, tasks: dict, *, rngs: nnx.Rngs,
+               task_uncertainty: bool = False):
     self.bloom = Bloom(cfg, rngs=rngs)
     made = {name: task.type.make_head(cfg, task, rngs) for name, task in sorted(tasks.items())}
     self.heads = nnx.Dict({name: head for name, head in made.items() if head is not None})
@@ -37,6 +44,11 @@ class MultiTaskModel(nnx.Module):
               if task.pos_tagger}
     if tagged:  # only then: the parameters of runs without taggers stay as they were
       self.tag_embeddings = nnx.Dict({name: TagEmbeddings(cfg, n) for name, n in tagged.items()})
+    if task_uncertainty:
+      # float32 whatever param_dtype is: bfloat16 spaces its values 2^-7 apart near 1, more
+      # than an Adam step moves them. Zero: every task starts at weight 1, as with static weights.
+      self.task_log_variances = nnx.Dict(
+          {name: param(jnp.zeros((), jnp.float32), ()) for name in sorted(tasks)})
 
   def __call__(self, task, batch: dict, dropout_key=None) -> jax.Array:
     """Logits of one task's packed rows, where its type needs them."""

@@ -45,7 +45,9 @@ def build(config, tasks: dict, vocab_size: int, mesh) -> Setup:
   """The run's model and step. `tasks`: name -> TaskSpec (`tasks.configure`, or a
   pipeline's `tasks`, which also carry their batch sizes)."""
   model_cfg = config_lib.model_config(config, vocab_size=vocab_size)
-  make_model = lambda: MultiTaskModel(model_cfg, tasks, rngs=nnx.Rngs(config.seed))
+  balancing = config.get('loss_balancing', 'static')  # runs saved before the key: static
+  make_model = lambda: MultiTaskModel(model_cfg, tasks, rngs=nnx.Rngs(config.seed),
+                                      task_uncertainty=balancing == 'uncertainty')
   graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
   optimizer = optim.make_optimizer(config.optimizer, config.total_steps)
 
@@ -81,7 +83,8 @@ def build(config, tasks: dict, vocab_size: int, mesh) -> Setup:
       functools.partial(steps.train_step, graphdef=graphdef, abstract_state=abstract_state,
                         tasks=ordered, optimizer=optimizer,
                         schedule=optim.learning_rate_schedule(config.optimizer, config.total_steps),
-                        seed=config.seed, grad_accum=config.optimizer.grad_accum),
+                        seed=config.seed, grad_accum=config.optimizer.grad_accum,
+                        balancing=balancing),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
       out_shardings=(state_shardings, replicated), donate_argnums=0)
   return Setup(model_cfg, ordered, graphdef, abstract_state, state_shardings, init_train_state,

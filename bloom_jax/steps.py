@@ -2,6 +2,11 @@
 
     loss = sum_t w_t * L_t,   L_t = weighted mean loss of task t's sub-batch (its type's)
 
+`loss_balancing` (LOSS_BALANCING) chooses how the tasks' terms combine beyond the static
+weights w_t (docs/multitask.md): 'static' sums them as above; 'gradnorm_per_task' rescales
+each task's gradient to a common norm before summing; 'uncertainty' learns a log-variance
+s_t per task, sum_t w_t * (exp(-s_t) * L_t + s_t / 2).
+
 The train state is a plain pytree {params, opt_state, step, nonfinite}; the model is
 rebuilt from (graphdef, params) inside the trace, so nothing walks Python objects per
 step. A non-finite loss or gradient never reaches the parameters: the update is skipped
@@ -17,6 +22,8 @@ import optax
 from flax import nnx
 
 from bloom_jax import compat
+
+LOSS_BALANCING = ('static', 'gradnorm_per_task', 'uncertainty')
 
 
 def task_statistics(model, task, batch, dropout_key=None):
@@ -37,9 +44,10 @@ def count_segments(segment_ids: jax.Array) -> jax.Array:
 
 
 def multitask_loss(params, graphdef, abstract_state, tasks, batch, dropout_key, counts,
-                   only=None):
-  """sum_t w_t * L_t and per-task statistics. `tasks`: the mixture's TaskSpecs, in order;
-  `only`: the index of the one task whose term to compute, or None for all of them.
+                   only=None, balancing='static'):
+  """sum_t w_t * L_t (with 'uncertainty' balancing, its learned form) and per-task
+  statistics. `tasks`: the mixture's TaskSpecs, in order; `only`: the index of the one task
+  whose term to compute, or None for all of them.
 
   L_t is task t's summed loss over `counts[t]`, the weight of its whole sub-batch, so
   summing this over micro-batches gives exactly the full batch's loss.
@@ -51,10 +59,60 @@ def multitask_loss(params, graphdef, abstract_state, tasks, batch, dropout_key, 
       continue
     key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
     s = task_statistics(model, task, batch[task.name], key)
-    s['loss'] = s['loss_sum'] / jnp.maximum(counts[task.name], 1.0)
-    total = total + task.loss_weight * s['loss']
+    denominator = jnp.maximum(counts[task.name], 1.0)
+    s['loss'] = s['loss_sum'] / denominator
+    term = s['loss']
+    if balancing == 'uncertainty':
+      term = uncertainty_term(model.task_log_variances[task.name][...], s, denominator)
+    total = total + task.loss_weight * term
     stats[task.name] = s
   return total, stats
+
+
+def uncertainty_term(log_variance, stats, denominator):
+  """exp(-s) * L + s / 2: Kendall et al. (2018)'s loss of a softmax classifier with learned
+  homoscedastic uncertainty sigma^2 = exp(s). Its minimum over s, at s = log(2 L), weighs
+  the task by 1 / (2 L). Their Gaussian (regression) form, exp(-s) * L / 2 + s / 2, is this
+  one with s shifted by log 2, so one form serves every task type; this one puts weight 1
+  at s = 0, where static weighting starts.
+
+  The s / 2 is spread over the task's weighted positions like its loss (a share
+  `count / denominator` per micro-batch), so that micro-batches add up to one s / 2.
+  """
+  return (jnp.exp(-log_variance) * stats['loss_sum']
+          + 0.5 * log_variance * stats['count']) / denominator
+
+
+def per_task_normalised(loss_and_grad, params, tasks):
+  """((loss, stats), gradient, effective weights) of 'gradnorm_per_task' balancing:
+
+      g = m * sum_t w_t * G_t / |G_t|,   G_t = grad(w_t * L_t),   m = mean_t |G_t|
+
+  so every task's gradient has norm w_t * m whatever its loss's scale, and none alone sets
+  Adam's second moment for the shared trunk; m keeps the sum near the size of an unweighted
+  one, for clipping and the logged grad_norm. The weight on L_t is w_t * m / |grad L_t|.
+
+  One backward pass per task. Each task already had its own forward pass through the
+  trunk (its own sub-batch), so the passes cost what the joint one does; the extra is a
+  norm and a scaled add per task over the gradient, and a second gradient-sized buffer.
+  A task with no gradient (no weighted position, or w_t = 0) adds nothing; a non-finite
+  norm makes m, and so the step, non-finite, which skips it as with static weights.
+  """
+  loss, stats, norms, summed = 0.0, {}, [], None
+  for i, task in enumerate(tasks):
+    (task_loss, task_stats), grads = loss_and_grad(params, only=i)
+    norm = optax.tree.norm(grads)
+    scale = jnp.where(norm > 0, task.loss_weight / norm, 0.0)
+    scaled = jax.tree.map(lambda g, scale=scale: g * scale.astype(g.dtype), grads)
+    summed = scaled if summed is None else jax.tree.map(jnp.add, summed, scaled)
+    loss, norms = loss + task_loss, norms + [norm]
+    stats.update(task_stats)
+  mean = jnp.mean(jnp.stack(norms))
+  grads = jax.tree.map(lambda g: g * mean.astype(g.dtype), summed)
+  # G_t carries w_t already, so the weight on L_t is w_t * (w_t * m / |G_t|).
+  weights = {t.name: jnp.where(n > 0, t.loss_weight ** 2 * mean / n, 0.0)
+             for t, n in zip(tasks, norms, strict=True)}
+  return (loss, stats), grads, weights
 
 
 def _micro_batches(batch, n):
@@ -71,7 +129,7 @@ def _micro_batches(batch, n):
 
 
 def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, schedule,
-               seed, grad_accum):
+               seed, grad_accum, balancing='static'):
   step = state['step']
   dropout_key = jax.random.fold_in(jax.random.key(seed), step)
   counts = {t.name: jnp.sum(batch[t.name]['weights'].astype(jnp.float32)) for t in tasks}
@@ -80,7 +138,7 @@ def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, sche
     """((loss, stats), gradient) of the whole batch; `only`: one task's term alone."""
     loss_fn = functools.partial(jax.value_and_grad(multitask_loss, has_aux=True),
                                 graphdef=graphdef, abstract_state=abstract_state, tasks=tasks,
-                                counts=counts, only=only)
+                                counts=counts, only=only, balancing=balancing)
     if grad_accum == 1:
       return loss_fn(params, batch=batch, dropout_key=dropout_key)
     # Gradients of per-micro-batch sums add up to the full batch's gradient; only the
@@ -98,7 +156,15 @@ def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, sche
     summed, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro_batches))
     return summed
 
-  (loss, stats), grads = loss_and_grad(state['params'])
+  # `weights`: the weight each L_t has in this step's gradient, logged as <task>/weight.
+  if balancing == 'gradnorm_per_task':
+    (loss, stats), grads, weights = per_task_normalised(loss_and_grad, state['params'], tasks)
+  else:
+    (loss, stats), grads = loss_and_grad(state['params'])
+    weights = {t.name: t.loss_weight for t in tasks}
+    if balancing == 'uncertainty':
+      log_variances = state['params']['task_log_variances']
+      weights = {name: w * jnp.exp(-log_variances[name]) for name, w in weights.items()}
   grad_norm = optax.tree.norm(grads)
   task_finite = jnp.stack([jnp.isfinite(stats[t.name]['loss']) for t in tasks])
   finite = jnp.all(task_finite) & jnp.isfinite(grad_norm)
@@ -144,6 +210,9 @@ def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, sche
   for name, s in stats.items():
     metrics[f'{name}/loss'] = s['loss']
     metrics[f'{name}/examples'] = s['examples']
+    metrics[f'{name}/weight'] = jnp.asarray(weights[name], jnp.float32)
+    if balancing == 'uncertainty':
+      metrics[f'{name}/log_variance'] = log_variances[name]
     if 'correct' in s:
       metrics[f'{name}/accuracy'] = s['correct'] / jnp.maximum(counts[name], 1.0)
   return new_state, metrics

@@ -28,6 +28,8 @@ def get_config(arg=None):
   c.profile_steps = ''             # 'FIRST,LAST': a jax.profiler trace of those steps in
                                    #   DIR/profile/ ('': none)
   c.skip_nonfinite = False         # True: skip an update whose loss/grads are NaN/inf
+  c.loss_balancing = 'static'      # how task losses combine: 'static' (loss_weight only) |
+                                   #   'gradnorm_per_task' | 'uncertainty' (docs/multitask.md)
   c.tensorboard = True             # also write TensorBoard event files (loads TensorFlow)
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1 fills the devices

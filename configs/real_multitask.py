@@ -5,6 +5,9 @@
   python -m bloom_jax.train --config configs/real_multitask.py:single=sst2 --workdir ...
   # Another seed (the seed changes initialisation, dropout and data order):
   python -m bloom_jax.train --config configs/real_multitask.py:single=sst2,seed=1 ...
+  # The loss-balancing ablation (get_sweep; docs/multitask.md, docs/sweeps.md):
+  python -m bloom_jax.sweep --config configs/real_multitask.py --workdir runs/balancing \
+      --metric eval/sst2/accuracy
 
 The single-task baseline is data-matched: the same model, the same number of steps and
 the same rows of its task per step as in the mixture, the same tokenizer (trained on the
@@ -20,6 +23,8 @@ import os
 
 import ml_collections
 
+from bloom_jax.steps import LOSS_BALANCING
+from bloom_jax.sweeps import definitions
 from configs import default
 
 # task: (rows per step, tokens per row). Rows are packed: several examples each, as many
@@ -78,3 +83,9 @@ def get_config(arg=None):
     c.tasks[task].rate = 1.0
     c.data.batch_size = TASKS[task][0]
   return c
+
+
+def get_sweep(arg=None):
+  """The loss-balancing ablation: every method on the mixture, three seeds each."""
+  del arg
+  return definitions.grid({'loss_balancing': list(LOSS_BALANCING), 'seed': [0, 1, 2]})

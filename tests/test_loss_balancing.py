@@ -1,0 +1,206 @@
+"""loss_balancing: 'static' is the plain weighted sum, 'gradnorm_per_task' gives every task's
+gradient one norm, 'uncertainty' learns a log-variance per task that trains, checkpoints,
+resumes and leaves the exported trunk alone; micro-batches agree with one batch."""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from bloom_jax import compat, config_lib, hf, runs, steps, train
+from bloom_jax.errors import ConfigError
+from bloom_jax.model import BloomConfig
+from bloom_jax.multitask_model import MultiTaskModel
+from bloom_jax.sweeps import definitions
+from bloom_jax.task_types import LM
+from bloom_jax.tasks import TaskSpec
+from configs import real_multitask
+from tests import test_nonfinite_blame as nonfinite_blame
+from tests.tiny import tiny_config
+
+
+class _ScaledLM(type(LM)):
+  """LM whose per-position loss is `factor` times the usual: a task on another scale."""
+
+  def __init__(self, factor):
+    self.factor = factor
+
+  def losses(self, logits, batch):
+    nll, weights, correct = super().losses(logits, batch)
+    return self.factor * nll, weights, correct
+
+
+def _gradient_keeper():
+  """An optimizer that leaves the parameters as they are and keeps, as its state, the
+  gradient the step gave it."""
+  return optax.GradientTransformation(
+      lambda params: jax.tree.map(jnp.zeros_like, params),
+      lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
+
+
+def _setup(factors, balancing, optimizer, grad_accum=1, types=None):
+  """A jitted train step over LM tasks 'a', 'b', ... with losses scaled by `factors`, its
+  first state and a batch, and (graphdef, abstract_state, specs)."""
+  cfg = BloomConfig(vocab_size=nonfinite_blame.VOCAB, hidden_size=16, n_head=2, n_layer=1)
+  types = types or [_ScaledLM(f) for f in factors]
+  specs = tuple(TaskSpec(name, t, source=None, max_length=nonfinite_blame.LENGTH)
+                for name, t in zip('ab', types, strict=True))
+  make_model = lambda: MultiTaskModel(cfg, {s.name: s for s in specs}, rngs=nnx.Rngs(0),
+                                      task_uncertainty=balancing == 'uncertainty')
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(make_model))
+  params = compat.to_pure_dict(nnx.state(make_model()))
+  step = jax.jit(functools.partial(
+      steps.train_step, graphdef=graphdef, abstract_state=abstract_state, tasks=specs,
+      optimizer=optimizer, schedule=lambda _: 0.0, seed=0, grad_accum=grad_accum,
+      balancing=balancing))
+  _, _, batch, _ = nonfinite_blame._setup(types)  # its tasks' batch: random LM rows
+  state = {'params': params, 'opt_state': optimizer.init(params), 'step': jnp.int32(0),
+           'nonfinite': jnp.full((2,), -1, jnp.int32)}
+  return step, state, batch, (graphdef, abstract_state, specs)
+
+
+def _task_gradients(state, batch, graphdef, abstract_state, specs):
+  """grad(w_t * L_t) of each task alone, outside the step."""
+  counts = {s.name: jnp.sum(batch[s.name]['weights']) for s in specs}
+  grads = jax.jit(lambda params: [jax.grad(steps.multitask_loss, has_aux=True)(
+      params, graphdef, abstract_state, specs, batch, None, counts, only=i)[0]
+      for i in range(len(specs))])
+  return grads(state['params'])
+
+
+def _norm(tree):
+  return float(optax.tree.norm(tree))
+
+
+def test_static_is_the_weighted_sum_of_the_task_gradients():
+  step, state, batch, (graphdef, abstract_state, specs) = _setup(
+      (1.0, 100.0), 'static', _gradient_keeper())
+  after, metrics = step(state, batch)
+  ga, gb = _task_gradients(state, batch, graphdef, abstract_state, specs)
+  jax.tree.map(lambda g, a, b: np.testing.assert_allclose(g, a + b, rtol=1e-5, atol=1e-8),
+               after['opt_state'], ga, gb)
+  assert float(metrics['a/weight']) == float(metrics['b/weight']) == 1.0
+  assert 50 < _norm(gb) / _norm(ga)   # the 100x task dominates the sum
+  assert 'a/log_variance' not in metrics
+
+
+def test_gradnorm_per_task_gives_every_task_the_same_gradient_norm():
+  step, state, batch, (graphdef, abstract_state, specs) = _setup(
+      (1.0, 100.0), 'gradnorm_per_task', _gradient_keeper())
+  after, metrics = step(state, batch)
+  ga, gb = _task_gradients(state, batch, graphdef, abstract_state, specs)
+  wa, wb = float(metrics['a/weight']), float(metrics['b/weight'])
+  # Each weighted contribution has the mean of the raw norms; the 100x task is turned down.
+  mean = (_norm(ga) + _norm(gb)) / 2
+  assert _norm(ga) * wa == pytest.approx(mean, rel=1e-5)
+  assert _norm(gb) * wb == pytest.approx(mean, rel=1e-5)
+  assert wb < 1 < wa and wa / wb > 50
+  jax.tree.map(lambda g, a, b: np.testing.assert_allclose(g, wa * a + wb * b, rtol=1e-4,
+                                                          atol=1e-7),
+               after['opt_state'], ga, gb)
+  # The step's grad_norm is the balanced gradient's; the loss stays the plain sum.
+  assert float(metrics['grad_norm']) == pytest.approx(_norm(after['opt_state']), rel=1e-5)
+  assert float(metrics['loss']) == pytest.approx(
+      float(metrics['a/loss']) + float(metrics['b/loss']), rel=1e-6)
+
+
+def test_uncertainty_learns_a_larger_log_variance_for_the_larger_loss():
+  # Losses near 34 and 0.34: s_t heads for log(2 L_t), up for one task, down for the other.
+  step, state, batch, _ = _setup((10.0, 0.1), 'uncertainty', optax.adam(1e-2))
+  assert state['params']['task_log_variances']['a'].dtype == jnp.float32
+  for _ in range(5):
+    state, metrics = step(state, batch)
+  s = {name: float(state['params']['task_log_variances'][name]) for name in 'ab'}
+  assert s['a'] > 0.02 and s['b'] < -0.02
+  assert float(metrics['a/weight']) < 1 < float(metrics['b/weight'])
+  # Logged before the update: the weight is exp(-s_t) of the parameters the step read.
+  previous = float(metrics['a/log_variance'])
+  assert float(metrics['a/weight']) == pytest.approx(np.exp(-previous), rel=1e-6)
+
+
+@pytest.mark.parametrize('balancing', ['gradnorm_per_task', 'uncertainty'])
+def test_micro_batches_agree_with_one_batch(balancing):
+  results = []
+  for grad_accum in (1, 2):
+    step, state, batch, _ = _setup((1.0, 100.0), balancing, _gradient_keeper(), grad_accum)
+    if balancing == 'uncertainty':  # away from s = 0, so exp(-s) and s / 2 both show
+      state['params']['task_log_variances'] = {'a': jnp.float32(0.5), 'b': jnp.float32(-1.0)}
+    results.append(jax.device_get(step(state, batch)))
+  (one, metrics_one), (two, metrics_two) = results
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               two['opt_state'], one['opt_state'])
+  for key, value in metrics_one.items():
+    np.testing.assert_allclose(metrics_two[key], value, rtol=1e-5, err_msg=key)
+
+
+def test_gradnorm_per_task_skips_and_blames_a_nonfinite_gradient():
+  step, state, batch, _ = _setup(None, 'gradnorm_per_task', optax.adam(1e-2),
+                                 types=[LM, nonfinite_blame._NanGradientLM()])
+  after, metrics = step(state, batch)
+  assert int(metrics['skipped']) == 1 and after['nonfinite'].tolist() == [0, 1]
+  jax.tree.map(np.testing.assert_array_equal, after['params'], state['params'])
+
+
+def test_an_unknown_method_is_a_config_error_naming_the_choices():
+  config = tiny_config()
+  config.loss_balancing = 'gradnorm'
+  with pytest.raises(ConfigError, match=r"^loss_balancing: must be one of static, "
+                                        r"gradnorm_per_task, uncertainty, got 'gradnorm'$"):
+    config_lib.validate(config)
+
+
+def test_the_ablation_sweep_covers_every_method_with_three_seeds():
+  trials = definitions.name_trials(real_multitask.get_sweep())
+  assert len(trials) == 3 * len(steps.LOSS_BALANCING)
+  assert trials[3].name == 'loss_balancing=gradnorm_per_task,seed=0'
+  for trial in trials:
+    config_lib.validate(definitions.resolve(real_multitask.get_config(), trial.overrides))
+
+
+def _untimed(line):
+  return {k: v for k, v in line.items()
+          if k not in ('steps_per_s', 'tokens_per_s', 'nonpad_tokens_per_s',
+                       'model_tflops_per_s_per_device', 'mfu')}
+
+
+def test_uncertainty_run_resumes_exactly_and_exports_its_trunk(tmp_path, monkeypatch):
+  config = tiny_config()
+  config.tasks = ml_collections.ConfigDict({n: config.tasks[n].to_dict()
+                                            for n in ('sentiment', 'lm')})
+  config.update(dict(loss_balancing='uncertainty', total_steps=4, log_every=2,
+                     checkpoint_every=2, eval_every=4, best_metric=''))
+  full = train.train_and_evaluate(config, str(tmp_path / 'full'))
+
+  calls = {'n': 0}
+
+  def preempt_at_2(self, step):
+    del self, step
+    calls['n'] += 1
+    return calls['n'] == 2
+
+  with monkeypatch.context() as m:
+    m.setattr(train._PreemptionFlag, 'is_set', preempt_at_2)
+    train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert _untimed(resumed) == _untimed(full)
+
+  a, b = runs.load_run(str(tmp_path / 'full')), runs.load_run(str(tmp_path / 'resumed'))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a.params),
+               jax.device_get(b.params))
+  lines = [json.loads(x) for x in (tmp_path / 'full' / 'metrics.jsonl').read_text().splitlines()]
+  last = [line for line in lines if 'train/lm/log_variance' in line][-1]
+  # The log-variances moved, are in the checkpoint, and the weight follows them.
+  s = float(a.params['task_log_variances']['lm'])
+  assert s != 0.0 and last['train/lm/log_variance'] != 0.0
+  assert last['train/lm/weight'] == pytest.approx(np.exp(-last['train/lm/log_variance']))
+  # The Hugging Face export (bloom_jax.hf export) writes the trunk, which reads back.
+  trunk = jax.device_get(a.params['bloom'])
+  hf.save(hf.from_params(a.setup.model_config, trunk), str(tmp_path / 'hf'))
+  jax.tree.map(np.testing.assert_array_equal,
+               hf.load_params(str(tmp_path / 'hf'), a.setup.model_config), trunk)
