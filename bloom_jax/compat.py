@@ -1,5 +1,6 @@
-"""The calls into fast-moving library APIs (Flax NNX, Orbax) that changed between
-releases. Everything version-sensitive goes through here, so an upgrade touches one file."""
+"""The calls into fast-moving library APIs (Flax NNX, Orbax, JAX's mesh context) that changed
+between releases. Everything version-sensitive goes through here, so an upgrade touches one
+file."""
 
 import jax
 from flax import nnx
@@ -21,6 +22,20 @@ def logical_axes(variable: nnx.Variable) -> tuple[str | None, ...] | None:
 
 
 SCAN_METADATA = {nnx.PARTITION_NAME: 'layers'}
+
+
+def use_mesh(mesh: jax.sharding.Mesh):
+  """Context manager: functions traced inside it see `mesh` as the context mesh.
+
+  `jax.set_mesh` replaced `jax.sharding.use_mesh` in JAX 0.7.1.
+  """
+  return jax.set_mesh(mesh)
+
+
+def context_mesh() -> jax.sharding.AbstractMesh | None:
+  """The mesh of the enclosing `use_mesh`, or None outside one."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return None if mesh.empty else mesh
 
 
 def to_pure_dict(state: nnx.State) -> dict:

@@ -178,7 +178,7 @@ class Bloom(nnx.Module):
                  else layers.segment_positions(segment_ids))
     query_positions = jax.lax.dynamic_slice_in_dim(positions, offset, length, 1)
 
-    x = jnp.take(self.word_embeddings[...], input_ids, axis=0).astype(cfg.dtype)
+    x = layers.embedding_lookup(self.word_embeddings[...], input_ids).astype(cfg.dtype)
     if added_embeddings is not None:
       x = x + added_embeddings.astype(cfg.dtype)
     if cfg.position == 'sinusoidal':
