@@ -4,7 +4,7 @@ width, depth, batch and learning rate, FSDP across the slice and 4-way tensor pa
 within it. Plans, and how they compare with BLOOM's own 384-GPU run: docs/scaling.md.
 
   python -m bloom_jax.plan --config configs/bloom_176b.py --topology v5p-512 \
-      --mesh data=1,fsdp=64,tensor=4 --batch 128 --seq 2048  # fits: 51 GiB of 95 per chip
+      --mesh data=1,fsdp=64,tensor=4 --batch 128 --seq 2048  # fits: 23 GiB of 95 per chip
   python -m bloom_jax.train --config configs/bloom_176b.py --workdir /path/to/b176 \
       --config.tokenizer.path=/path/to/bloom/tokenizer.json \
       --config.data.dir=/path/to/shared/data

@@ -3,7 +3,7 @@
 with BLOOM-1b7's width, batch and learning rate. Plans: docs/scaling.md.
 
   python -m bloom_jax.plan --config configs/bloom_1b7.py --topology v5e-16 \
-      --mesh data=1,fsdp=4,tensor=4 --batch 4 --seq 2048    # fits: 3.1 GiB of 16 per chip
+      --mesh data=1,fsdp=4,tensor=4 --batch 4 --seq 2048    # fits: 2.4 GiB of 16 per chip
   python -m bloom_jax.train --config configs/bloom_1b7.py --workdir /tmp/b1b7 \
       --config.tokenizer.path=/path/to/bloom-1b7/tokenizer.json \
       --config.data.dir=/path/to/shared/data

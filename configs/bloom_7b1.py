@@ -3,7 +3,7 @@
 with BLOOM-7b1's width, depth, batch and learning rate. Plans: docs/scaling.md.
 
   python -m bloom_jax.plan --config configs/bloom_7b1.py --topology v5p-32 \
-      --mesh data=1,fsdp=16,tensor=1 --batch 64 --seq 2048   # fits: 74 GiB of 95 per chip
+      --mesh data=1,fsdp=16,tensor=1 --batch 64 --seq 2048   # fits: 19 GiB of 95 per chip
   python -m bloom_jax.train --config configs/bloom_7b1.py --workdir /tmp/b7b1 \
       --config.tokenizer.path=/path/to/bloom-7b1/tokenizer.json \
       --config.data.dir=/path/to/shared/data
