@@ -2,6 +2,8 @@
 between releases. Everything version-sensitive goes through here, so an upgrade touches one
 file."""
 
+import functools
+
 import jax
 from flax import nnx
 
@@ -30,6 +32,17 @@ def use_mesh(mesh: jax.sharding.Mesh):
   `jax.set_mesh` replaced `jax.sharding.use_mesh` in JAX 0.7.1.
   """
   return jax.set_mesh(mesh)
+
+
+def traced_under(mesh: jax.sharding.Mesh, fn):
+  """`fn`, which when traced (under jit) sees `mesh` as the context mesh: what
+  `sharding.constrain` reads. Entering `use_mesh` is not allowed inside a traced function,
+  so this sets the mesh's abstract form there."""
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+  return traced
 
 
 def context_mesh() -> jax.sharding.AbstractMesh | None:

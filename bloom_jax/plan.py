@@ -35,7 +35,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from bloom_jax import cli, compat, config_lib, flops, runs, sharding, task_types, tasks
+from bloom_jax import cli, config_lib, flops, runs, sharding, task_types, tasks
 
 ConfigError = config_lib.ConfigError
 
@@ -253,8 +253,7 @@ def make_plan(config, config_name: str, topology: Topology, mesh_config: dict, b
   setup = runs.build(config, {'lm': task}, config.tokenizer.get('vocab_size', 1), mesh)
   state, batch_arrays = setup.abstract_train_state(), lm_batch(batch, seq, mesh)
   t0 = time.perf_counter()
-  with compat.use_mesh(mesh):  # where the model's activation constraints find it
-    lowered = setup.train_step.lower(state, batch_arrays)
+  lowered = setup.train_step.lower(state, batch_arrays)
   t1 = time.perf_counter()
   compiled, error = None, None
   try:

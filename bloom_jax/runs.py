@@ -79,12 +79,13 @@ def build(config, tasks: dict, vocab_size: int, mesh) -> Setup:
     return checkpointing.abstract_like(shapes, state_shardings)
 
   ordered = tuple(tasks.values())
+  step = functools.partial(
+      steps.train_step, graphdef=graphdef, abstract_state=abstract_state, tasks=ordered,
+      optimizer=optimizer,
+      schedule=optim.learning_rate_schedule(config.optimizer, config.total_steps),
+      seed=config.seed, grad_accum=config.optimizer.grad_accum, balancing=balancing)
   train_step = jax.jit(
-      functools.partial(steps.train_step, graphdef=graphdef, abstract_state=abstract_state,
-                        tasks=ordered, optimizer=optimizer,
-                        schedule=optim.learning_rate_schedule(config.optimizer, config.total_steps),
-                        seed=config.seed, grad_accum=config.optimizer.grad_accum,
-                        balancing=balancing),
+      compat.traced_under(mesh, step),  # the activations' sharding constraints apply
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
       out_shardings=(state_shardings, replicated), donate_argnums=0)
   return Setup(model_cfg, ordered, graphdef, abstract_state, state_shardings, init_train_state,
