@@ -5,6 +5,8 @@
   python -m bloom_jax.train --config configs/real_multitask.py:single=sst2 --workdir ...
   # Another seed (the seed changes initialisation, dropout and data order):
   python -m bloom_jax.train --config configs/real_multitask.py:single=sst2,seed=1 ...
+  # A shorter pilot run (400 steps; evaluations and checkpoints every 133):
+  python -m bloom_jax.train --config configs/real_multitask.py:steps=400 ...
   # The loss-balancing ablation (get_sweep; docs/multitask.md, docs/sweeps.md):
   python -m bloom_jax.sweep --config configs/real_multitask.py --workdir runs/balancing \
       --metric eval/sst2/accuracy
@@ -71,12 +73,16 @@ def get_config(arg=None):
   c.optimizer.weight_decay = 0.1
 
   args = dict(a.partition('=')[::2] for a in arg.split(',')) if arg else {}
-  if (set(args) - {'single', 'seed'} or args.get('single', 'pos') not in TASKS
-      or not args.get('seed', '0').isdigit()):
+  if (set(args) - {'single', 'seed', 'steps'} or args.get('single', 'pos') not in TASKS
+      or not args.get('seed', '0').isdigit() or not args.get('steps', '3').isdigit()
+      or int(args.get('steps', '3')) < 3):
     raise ValueError(f'configs/real_multitask.py:{arg}: expected single=TASK (TASK one of '
-                     f'{", ".join(TASKS)}) and/or seed=N')
+                     f'{", ".join(TASKS)}), seed=N and/or steps=N (N >= 3)')
   if 'seed' in args:
     c.seed = int(args['seed'])
+  if 'steps' in args:  # a shorter (pilot) run: three evaluations and checkpoints, as above
+    c.total_steps = int(args['steps'])
+    c.eval_every = c.checkpoint_every = c.total_steps // 3
   if 'single' in args:
     task = args['single']
     c.tasks = ml_collections.ConfigDict({task: c.tasks[task].to_dict()})
@@ -86,6 +92,7 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
-  """The loss-balancing ablation: every method on the mixture, three seeds each."""
+  """The loss-balancing ablation: every method on the mixture, two seeds each (`arg`, e.g.
+  steps=400, applies to every trial)."""
   del arg
-  return definitions.grid({'loss_balancing': list(LOSS_BALANCING), 'seed': [0, 1, 2]})
+  return definitions.grid({'loss_balancing': list(LOSS_BALANCING), 'seed': [0, 1]})
