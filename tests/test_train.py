@@ -2,10 +2,8 @@
 
 import hashlib
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,9 +15,17 @@ import pytest
 from bloom_jax import checkpointing, config_lib, flops, runs, sharding, train
 from bloom_jax.data import pipeline
 from bloom_jax.errors import NonFiniteError
+from tests.multiprocess import (
+  REPO,
+  assert_running,
+  distributed_envs,
+  metrics,
+  start_processes,
+  start_training,
+  untimed,
+  wait_for,
+)
 from tests.tiny import child_env, tiny_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MESHES = [dict(data=8, fsdp=1, tensor=1), dict(data=2, fsdp=4, tensor=1),
           dict(data=2, fsdp=2, tensor=2)]
@@ -86,12 +92,6 @@ def _final_params(workdir, config, pipe):
   return jax.device_get(state['params'])
 
 
-def _untimed(line):
-  return {k: v for k, v in line.items()
-          if k not in ('steps_per_s', 'tokens_per_s', 'nonpad_tokens_per_s',
-                       'model_tflops_per_s_per_device', 'mfu')}
-
-
 def test_stop_and_resume_is_bitwise_exact(tmp_path, pipe, monkeypatch):
   config = tiny_config()
   full = train.train_and_evaluate(config, str(tmp_path / 'full'))
@@ -110,11 +110,11 @@ def test_stop_and_resume_is_bitwise_exact(tmp_path, pipe, monkeypatch):
   assert checkpointing.Checkpointer(str(tmp_path / 'resumed'), keep=2).latest_step() == 4
   resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
 
-  assert _untimed(resumed) == _untimed(full)
+  assert untimed(resumed) == untimed(full)
   a = _final_params(str(tmp_path / 'full'), config, pipe)
   b = _final_params(str(tmp_path / 'resumed'), config, pipe)
   jax.tree.map(np.testing.assert_array_equal, a, b)
-  lines = [json.loads(x) for x in (tmp_path / 'resumed' / 'metrics.jsonl').read_text().splitlines()]
+  lines = metrics(tmp_path / 'resumed')
   assert {'train/sentiment/loss', 'train/lm/loss', 'grad_norm', 'learning_rate',
           'tokens_per_s', 'nonpad_tokens_per_s'} <= set(lines[0])
   train_lines = [line for line in lines if 'loss' in line]
@@ -194,8 +194,7 @@ print('RESULT ' + json.dumps(line))
 """
 
 
-def _launch(workdir, devices, env_extra):
-  env = child_env(devices, **env_extra)
+def _launch(workdir, env):
   return subprocess.Popen([sys.executable, '-c', WORKER, workdir], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -210,13 +209,8 @@ def _result(proc):
 def test_two_processes_agree_with_one(tmp_path):
   """Two processes on localhost (gloo CPU collectives, 2 devices each) train the same
   4-device run as one process with 4 devices."""
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-  procs = [_launch(str(tmp_path / 'multi'), 2, {
-      'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}', 'JAX_NUM_PROCESSES': '2',
-      'JAX_PROCESS_ID': str(i)}) for i in range(2)]
-  single = _launch(str(tmp_path / 'single'), 4, {})  # alongside: most of each run is startup
+  procs = [_launch(str(tmp_path / 'multi'), env) for env in distributed_envs()]
+  single = _launch(str(tmp_path / 'single'), child_env(4))  # alongside: most of each run is startup
   multi = [_result(p) for p in procs]
   single = _result(single)
   assert multi[0]['step'] == single['step'] == 4
@@ -229,23 +223,15 @@ def test_two_processes_agree_with_one(tmp_path):
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
   """A pod's scheduler may signal only some hosts: all of them must save the same step and
   exit 0, or the others would hang in the next collective."""
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-  procs = [_run_cli(str(tmp_path), '--config.total_steps=100000',
-                    '--config.checkpoint_every=100000', '--config.eval_every=100000',
-                    env=child_env(2, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
-                                  JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i)))
-           for i in range(2)]
+  procs = start_processes(str(tmp_path), '--config.total_steps=100000',
+                          '--config.checkpoint_every=100000', '--config.eval_every=100000',
+                          envs=distributed_envs())
   while not (tmp_path / 'metrics.jsonl').exists():  # training is under way on both
-    assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-2000:]
+    assert_running(str(tmp_path), procs)
     time.sleep(0.2)
   procs[1].send_signal(signal.SIGTERM)  # the non-chief alone: process 0 must learn of it
-  saved = []
-  for proc in procs:
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-2000:]
-    saved += [int(m) for m in re.findall(r'SIGTERM received: saving step (\d+)', stderr)]
+  saved = [int(m) for stderr in wait_for(str(tmp_path), procs, timeout=300)
+           for m in re.findall(r'SIGTERM received: saving step (\d+)', stderr)]
   assert len(saved) == 2 and saved[0] == saved[1], saved
   latest = checkpointing.Checkpointer(str(tmp_path), keep=2, create=False).latest_step()
   assert latest == saved[0] < 100000
@@ -278,17 +264,8 @@ def test_nonfinite_loss_stops_without_poisoning_checkpoints(tmp_path):
   config.skip_nonfinite = True
   line = train.train_and_evaluate(config, str(tmp_path / 'skip'))
   assert line['step'] == config.total_steps
-  lines = [json.loads(x) for x in (tmp_path / 'skip' / 'metrics.jsonl').read_text().splitlines()]
+  lines = metrics(tmp_path / 'skip')
   assert sum(x.get('skipped', 0) for x in lines) > 0
-
-
-def _run_cli(workdir, *overrides, prefix=(), env=None):
-  env = env or child_env(1)
-  return subprocess.Popen(
-      [*prefix, sys.executable, '-m', 'bloom_jax.train', '--config', 'tests/tiny.py',
-       '--workdir', workdir, '--config.total_steps=12', '--config.checkpoint_every=3',
-       *overrides],
-      cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 # Every write past 32 KiB fails (EFBIG, as ENOSPC would on a full disk): metrics lines and
@@ -296,25 +273,18 @@ def _run_cli(workdir, *overrides, prefix=(), env=None):
 SMALL_FILES_ONLY = ('bash', '-c', 'ulimit -f 32 && trap "" XFSZ && exec "$@"', 'bash')
 
 
-def _last_line(workdir):
-  lines = (workdir / 'metrics.jsonl').read_text().splitlines()
-  return _untimed(json.loads(lines[-1]))
-
-
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_matches(tmp_path):
   steps = '--config.total_steps=30'  # room to kill mid-run after training is under way
-  full = _run_cli(str(tmp_path / 'full'), steps)  # alongside: most of each run is start-up
+  full = start_training(str(tmp_path / 'full'), steps)  # alongside: most of each run is start-up
   rng = np.random.default_rng(0)
   killed = tmp_path / 'killed'
-  metrics = killed / 'metrics.jsonl'
-  lines = lambda: len(metrics.read_text().splitlines()) if metrics.exists() else 0
   for _ in range(2):
-    proc = _run_cli(str(killed), steps)
+    proc = start_training(str(killed), steps)
     # Once this process has trained (a new metrics line), kill it at a random moment, often
     # mid-checkpoint (one every 3 steps), and make sure it really was still running.
-    seen = lines()
-    while lines() <= seen:
+    seen = len(metrics(killed))
+    while len(metrics(killed)) <= seen:
       assert proc.poll() is None, proc.stderr.read()[-2000:]
       time.sleep(0.05)
     time.sleep(rng.uniform(0, 0.5))
@@ -323,16 +293,17 @@ def test_sigkill_at_random_moments_then_resume_matches(tmp_path):
     proc.wait()
     committed = checkpointing.Checkpointer(str(killed), keep=2, create=False).all_steps()
     assert not committed or max(committed) < 30, committed
-  final = _run_cli(str(killed), steps)
+  final = start_training(str(killed), steps)
   assert final.wait(timeout=600) == 0, final.stderr.read()[-2000:]
   _, stderr = full.communicate(timeout=600)
   assert full.returncode == 0, stderr[-2000:]
-  assert _last_line(killed) == _last_line(tmp_path / 'full')
+  assert untimed(metrics(killed)[-1]) == untimed(metrics(tmp_path / 'full')[-1])
 
 
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
-  proc = _run_cli(str(tmp_path), '--config.total_steps=100000', '--config.checkpoint_every=1000')
+  proc = start_training(str(tmp_path), '--config.total_steps=100000',
+                        '--config.checkpoint_every=1000')
   while not (tmp_path / 'metrics.jsonl').exists():
     assert proc.poll() is None, proc.stderr.read()[-2000:]
     time.sleep(0.5)
@@ -347,7 +318,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 def test_second_trainer_on_the_same_workdir_is_refused(tmp_path):
   from bloom_jax import workdir_lock
   lock = workdir_lock.acquire(str(tmp_path))
-  proc = _run_cli(str(tmp_path))
+  proc = start_training(str(tmp_path))
   assert proc.wait(timeout=300) == 2
   assert 'already in use by a trainer' in proc.stderr.read().strip().splitlines()[-1]
   lock.release()
@@ -360,11 +331,11 @@ def _digests(directory):
 
 @pytest.mark.slow
 def test_disk_full_during_save_fails_clearly_and_keeps_earlier_checkpoints(tmp_path):
-  first = _run_cli(str(tmp_path), '--config.total_steps=3')
+  first = start_training(str(tmp_path), '--config.total_steps=3')
   assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
   before = _digests(tmp_path / 'checkpoints')
 
-  full = _run_cli(str(tmp_path), '--config.total_steps=6', prefix=SMALL_FILES_ONLY)
+  full = start_training(str(tmp_path), '--config.total_steps=6', prefix=SMALL_FILES_ONLY)
   _, stderr = full.communicate(timeout=300)  # Orbax logs long tracebacks: drain the pipe
   assert full.returncode == 2, stderr[-2000:]
   # Orbax's writer thread logs its own traceback too, interleaved anywhere with ours.
