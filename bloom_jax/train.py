@@ -112,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def save(step, best_metrics=None):
       _check_finite(state, setup.tasks, config)
-      ckpt.save(step, state, train_iter.get_state(), config.to_json(), best_metrics)
+      ckpt.save(step, state, _input_state(train_iter), config.to_json(), best_metrics)
 
     for step in range(start + 1, last_step + 1):
       trace.begin(step)
@@ -193,6 +193,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 # -------------------------------------------------------------------------- helpers
+
+
+def _input_state(train_iter) -> dict:
+  """Every input shard's position. Orbax writes a checkpoint's JSON items from process 0
+  alone, so the processes' positions are gathered first (a collective: every process
+  saves)."""
+  if jax.process_count() == 1:
+    return train_iter.get_state()
+  every = np.asarray(multihost_utils.process_allgather(train_iter.positions()))
+  return train_iter.state_of(every.reshape(-1, *every.shape[2:]))
 
 
 def _tokens(local_batch, nonpad: bool = False) -> int:

@@ -43,6 +43,8 @@ def get_config(arg=None):
   c.data.pack_group = 1024         # examples packed together (docs/data.md, "Streaming input")
   c.data.read_threads = 2          # grain threads reading and packing ahead of the step
   c.data.prefetch_groups = 2       # packed groups per task held ready
+  c.data.input_shards = 0          # shares of the training stream (0: one per process); fixed,
+                                   #   the batches do not depend on the process count
   c.data.rates = 'explicit'        # 'explicit' | 'size' | 'temperature'
   c.data.temperature = 2.0         # for rates='temperature'
   c.data.eval_batch_size = 64

@@ -128,7 +128,7 @@ def test_batches_are_a_function_of_seed_and_step(synthetic):
   first = [next(a) for _ in range(3)]
   np.testing.assert_equal(next(b), first[0])
   state = json.loads(json.dumps(b.get_state()))   # what a checkpoint stores
-  assert set(state) == set(pipe.tasks)
+  assert set(state['shards']['0']) == set(pipe.tasks)
   c = pipe.train_iterator()
   c.set_state(state)
   np.testing.assert_equal([next(c), next(c)], first[1:])
@@ -137,8 +137,10 @@ def test_batches_are_a_function_of_seed_and_step(synthetic):
   other.seed = 1
   reseeded = next(pipeline.Pipeline(other, workdir=workdir).train_iterator())
   assert not np.array_equal(reseeded['sentiment']['input_ids'], first[0]['sentiment']['input_ids'])
-  with pytest.raises(CheckpointError, match="no position for task"):
-    c.set_state({'step': 3})   # the state of an older pipeline
+  with pytest.raises(CheckpointError, match='before streaming'):
+    c.set_state({'step': 3})   # the state of the pipeline before streaming
+  with pytest.raises(CheckpointError, match=r"no position for task\(s\) \['lm'\]"):
+    c.set_state({'shards': {'0': {t: p for t, p in state['shards']['0'].items() if t != 'lm'}}})
 
 
 def test_batches_spanning_groups_resume(synthetic):
@@ -150,7 +152,7 @@ def test_batches_spanning_groups_resume(synthetic):
   it = again.train_iterator()
   batches = [next(it) for _ in range(6)]
   state = it.get_state()
-  assert state['tagging']['group'] >= 6   # 4 rows of 1 or more examples a step
+  assert state['shards']['0']['tagging']['group'] >= 6   # 4 rows of 1 or more examples a step
   more = next(it)
   resumed = again.train_iterator()
   resumed.set_state(state)
@@ -189,8 +191,36 @@ def test_processes_read_disjoint_shares_whose_union_is_the_epoch(synthetic, tmp_
   parts = [next(pipe.train_iterator(p, 2)) for p in range(2)]
   for task, spec in pipe.tasks.items():
     assert [len(p[task]['input_ids']) for p in parts] == [spec.batch_size // 2] * 2
-  with pytest.raises(ValueError, match='split evenly'):
-    pipe.train_iterator(0, 3)
+  with pytest.raises(DataError, match='input_shards: 3 shards do not split evenly over 2'):
+    _with_input_shards(pipe, 3).train_iterator(0, 2)
+
+
+def _with_input_shards(pipe, shards):
+  config = pipe.config.copy_and_resolve_references()
+  config.data.input_shards = shards
+  return pipeline.Pipeline(config)
+
+
+def test_fixed_input_shards_make_batches_independent_of_the_process_count(synthetic):
+  """With data.input_shards=2, one process reads both shards: its batches are the two
+  processes' batches side by side, and their positions resume either way."""
+  _, pipe, _ = synthetic
+  sharded = _with_input_shards(pipe, 2)
+  one = sharded.train_iterator()
+  both = [sharded.train_iterator(p, 2) for p in range(2)]
+  for _ in range(3):
+    whole, parts = next(one), [next(it) for it in both]
+    for task in whole:
+      for field in whole[task]:
+        np.testing.assert_equal(whole[task][field],
+                                np.concatenate([p[task][field] for p in parts]))
+  gathered = np.concatenate([it.positions() for it in both])   # what train.py gathers
+  assert both[0].state_of(gathered) == one.get_state()
+  resumed = sharded.train_iterator(1, 2)
+  resumed.set_state(one.get_state())   # process 1 of 2 picks its shard from the whole state
+  np.testing.assert_equal(next(resumed), next(both[1]))
+  with pytest.raises(DataError, match=r'data.input_shards: the rows per step of .* into 3'):
+    _with_input_shards(pipe, 3).train_iterator()
 
 
 def test_resume_in_a_new_process(synthetic, tmp_path):

@@ -33,9 +33,6 @@ def _at_last_step(lines):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    'a checkpoint holds process 0\'s input position only (its data item is JSON, which only '
-    'the primary host writes), and every process resumes from it'))
 def test_sigkill_of_both_processes_then_restart_matches_an_uninterrupted_run(tmp_path):
   full, killed = str(tmp_path / 'full'), str(tmp_path / 'killed')
   # The uninterrupted run trains beside the first start of the other: most of a run is start-up.

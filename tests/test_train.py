@@ -189,6 +189,7 @@ train.initialize_distributed()
 config = tiny_config()
 config.total_steps = 4
 config.eval_every = 4
+config.data.input_shards = 2  # the same global batches whether one process reads them or two
 line = train.train_and_evaluate(config, sys.argv[1])
 print('RESULT ' + json.dumps(line))
 """

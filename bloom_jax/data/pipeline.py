@@ -309,19 +309,37 @@ class Pipeline:
 
   def train_iterator(self, process_index: int = 0,
                      process_count: int = 1) -> stream.TrainIterator:
-    """This process's share of every step's batch, streamed from the prepared records."""
+    """This process's share of every step's batch, streamed from the prepared records.
+
+    The stream is cut into `data.input_shards` shards (0: one per process), each reading
+    its own share of every task's examples; process p reads shards [p*k, (p+1)*k) for k =
+    shards / processes. With the shard count fixed, the global batch (shards in order) is
+    the same for any number of processes, so a run can resume on another one.
+    """
     data = self.config.data
+    shards = int(data.get('input_shards', 0)) or process_count
+    if shards % process_count:
+      raise DataError(f'data.input_shards: {shards} shards do not split evenly over '
+                      f'{process_count} processes')
     options = grain.ReadOptions(num_threads=int(data.get('read_threads', 2)),
                                 prefetch_buffer_size=int(data.get('prefetch_groups', 2)))
-    streams = {}
-    for task_index, (task, spec) in enumerate(self.tasks.items()):
-      lo, hi = _shard(spec.batch_size, process_index, process_count)
-      groups = stream.packed_groups(
-          self.prepared[task].file('train'), self.prepared[task].splits['train']['schema'],
-          spec, self.tokenizer.pad_id, self.packed, stream.shuffle_seed(self.seed, task_index),
-          process_index, process_count, int(data.get('pack_group', 512)))
-      streams[task] = stream.TaskStream(groups, hi - lo, options)
-    return stream.TrainIterator(streams)
+    uneven = {t: s.batch_size for t, s in self.tasks.items() if s.batch_size % shards}
+    if uneven:
+      raise DataError(f'data.input_shards: the rows per step of {uneven} do not split evenly '
+                      f'into {shards} input shards')
+    local = shards // process_count
+    out = {}
+    for shard in range(process_index * local, (process_index + 1) * local):
+      out[shard] = {}
+      for task_index, (task, spec) in enumerate(self.tasks.items()):
+        lo, hi = _shard(spec.batch_size, shard, shards)
+        prepared = self.prepared[task]
+        groups = stream.packed_groups(
+            prepared.file('train'), prepared.splits['train']['schema'], spec,
+            self.tokenizer.pad_id, self.packed, stream.shuffle_seed(self.seed, task_index),
+            shard, shards, int(data.get('pack_group', 1024)))
+        out[shard][task] = stream.TaskStream(groups, hi - lo, options)
+    return stream.TrainIterator(out)
 
   def examples(self, task: str, split: str, max_examples: int = 0) -> packing.Examples:
     """The first `max_examples` (0: all) encoded examples of a split, in file order."""
@@ -362,7 +380,8 @@ def _tokenizer_specs(specs: dict, train_on: str) -> dict:
 
 def _shard(n: int, process_index: int, process_count: int) -> tuple[int, int]:
   if n % process_count:
-    raise ValueError(f'{n} rows do not split evenly over {process_count} processes')
+    raise ValueError(f'{n} rows do not split evenly over {process_count} processes (or '
+                     'input shards)')
   per = n // process_count
   return process_index * per, (process_index + 1) * per
 

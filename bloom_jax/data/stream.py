@@ -87,25 +87,53 @@ class TaskStream:
 
 
 class TrainIterator:
-  """One batch per step: every task's rows; state is every task's stream position."""
+  """One batch per step: every task's rows from this process's input shards, concatenated
+  in shard order. State: every shard's position in every task's stream."""
 
-  def __init__(self, streams: dict[str, TaskStream]):
-    self.streams = streams
+  def __init__(self, shards: dict[int, dict[str, TaskStream]]):
+    self.shards = shards  # this process's shard indices, in order -> task -> stream
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict:
-    return {task: next(stream) for task, stream in self.streams.items()}
+    parts = [{task: next(s) for task, s in streams.items()} for streams in self.shards.values()]
+    if len(parts) == 1:
+      return parts[0]
+    return {task: {k: np.concatenate([p[task][k] for p in parts]) for k in parts[0][task]}
+            for task in parts[0]}
 
   def get_state(self) -> dict:
-    return {task: stream.get_state() for task, stream in self.streams.items()}
+    return {'shards': {str(i): {task: s.get_state() for task, s in streams.items()}
+                       for i, streams in self.shards.items()}}
+
+  def positions(self) -> np.ndarray:
+    """[this process's shards, tasks, 2]: (group, row) of each stream, for the processes
+    to gather (`state_of`)."""
+    return np.array([[[s.group, s.row] for s in streams.values()]
+                     for streams in self.shards.values()], np.int64)
+
+  def state_of(self, positions: np.ndarray) -> dict:
+    """The state of every shard from the gathered positions [all shards, tasks, 2]."""
+    tasks = list(next(iter(self.shards.values())))
+    return {'shards': {str(i): {t: {'group': int(g), 'row': int(r)}
+                                for t, (g, r) in zip(tasks, shard, strict=True)}
+                       for i, shard in enumerate(positions)}}
 
   def set_state(self, state: dict) -> None:
-    missing = sorted(set(self.streams) - set(state))
-    if missing:
-      raise CheckpointError(f'the saved input state has no position for task(s) {missing} '
-                       f'(it has {sorted(state)}): the checkpoint was written by a run '
-                       'with other tasks or an older input pipeline')
-    for task, stream in self.streams.items():
-      stream.set_state(state[task])
+    if 'shards' not in state:
+      raise CheckpointError('the saved input state is from the input pipeline before '
+                            f'streaming ({sorted(state)}); it cannot be resumed by this one')
+    saved = state['shards']
+    for i, streams in self.shards.items():
+      if str(i) not in saved:
+        raise CheckpointError(f'the saved input state has no position for input shard {i} '
+                              f'(it has shards {sorted(saved, key=int)}): resume with the '
+                              'data.input_shards the run was started with')
+      missing = sorted(set(streams) - set(saved[str(i)]))
+      if missing:
+        raise CheckpointError(f'the saved input state has no position for task(s) {missing} '
+                              f'(it has {sorted(saved[str(i)])}): the checkpoint was written '
+                              'by a run with other tasks')
+      for task, stream in streams.items():
+        stream.set_state(saved[str(i)][task])
