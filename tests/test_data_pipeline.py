@@ -13,6 +13,7 @@ import pytest
 from bloom_jax.data import packing, pipeline, records, stream
 from bloom_jax.errors import CheckpointError, DataError
 from bloom_jax.task_types import GENERATION
+from bloom_jax.tokenizer import strip_space
 from configs import default, real_multitask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -334,10 +335,11 @@ def test_references_follow_eval_order(synthetic):
   decoded = []
   for i, r in enumerate(refs):
     example = examples.example(i)
-    target = pipe.tokenizer.decode(example['targets'][example['weights'] > 0])
+    # Source and target are encoded as after a space (tokenizer.strip_space takes it off).
+    target = strip_space(pipe.tokenizer.decode(example['targets'][example['weights'] > 0]))
     assert target and r[0].startswith(target)  # a target may be cut at max_target_length
     assert r == samples[i]['targets']
-    source = pipe.tokenizer.decode(example['input_ids'][example['prefix_mask'] > 0])
+    source = strip_space(pipe.tokenizer.decode(example['input_ids'][example['prefix_mask'] > 0]))
     assert samples[i]['source'].startswith(source)
     decoded.append(target)
   # The eval rows score exactly those targets (packed in any order).
@@ -345,7 +347,7 @@ def test_references_follow_eval_order(synthetic):
   scored = []
   for r, at in _segments(batch):
     mine = np.isin(batch['target_positions'][r], at) & (batch['weights'][r] > 0)
-    scored.append(pipe.tokenizer.decode(batch['targets'][r][mine]))
+    scored.append(strip_space(pipe.tokenizer.decode(batch['targets'][r][mine])))
   assert sorted(scored) == sorted(decoded)
 
 
@@ -375,7 +377,8 @@ def test_inference_encoding_matches_training(synthetic):
   examples, _ = gen.type.encode(gen, tok, rows, False, None)
   batch = gen.type.rows(gen, examples, tok.pad_id, packed=False)
   (prompt,) = gen.type.prompts(examples)
-  assert prompt == [tok.bos_id] + tok.encode('the cat sees a dog .') + [tok.sep_id]
+  assert prompt == [tok.bos_id] + tok.encode_after_space(['the cat sees a dog .'])[0] + [
+      tok.sep_id]
   assert batch['input_ids'][0, :len(prompt)].tolist() == prompt
   assert batch['prefix_mask'].sum() == batch['segment_ids'].sum() == len(prompt)
   assert batch['weights'].sum() == 0
