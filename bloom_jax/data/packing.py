@@ -38,26 +38,6 @@ class Examples:
     start = int(self.starts[i])
     return {k: v[start:start + int(self.lengths[i])] for k, v in self.tokens.items()}
 
-  def head(self, n: int) -> 'Examples':
-    """The first n examples (all when n is 0 or larger than the split)."""
-    if not n or n >= len(self):
-      return self
-    end = int(np.sum(self.lengths[:n]))
-    return Examples({k: v[:end] for k, v in self.tokens.items()}, self.lengths[:n],
-                    {k: v[:n] for k, v in self.scalars.items()})
-
-  def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-    out = {f'{prefix}lengths': self.lengths}
-    out.update({f'{prefix}tokens.{k}': v for k, v in self.tokens.items()})
-    out.update({f'{prefix}scalars.{k}': v for k, v in self.scalars.items()})
-    return out
-
-  @classmethod
-  def from_arrays(cls, arrays: dict[str, np.ndarray]) -> 'Examples':
-    tokens = {k[len('tokens.'):]: v for k, v in arrays.items() if k.startswith('tokens.')}
-    scalars = {k[len('scalars.'):]: v for k, v in arrays.items() if k.startswith('scalars.')}
-    return cls(tokens, arrays['lengths'], scalars)
-
 
 def ragged(sequences: list[list[int]], dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
   """Lists of values -> (all values back to back, lengths)."""
