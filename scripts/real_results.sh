@@ -58,17 +58,24 @@ run() {
 
 listed=$("${table[@]}" selection)  # TASK METRIC MODE lines: each task's headline metric
 mapfile -t selection <<< "$listed"
+# Every seed's data-matched runs come before the equal-compute ones, which cost five
+# mixtures per seed: an interrupted script has the cheaper comparison complete first.
 for seed in "${seeds[@]}"; do
-  # The mixture keeps every checkpoint (three: every 400 of 1,200 steps), since each task
+  # The mixture keeps every checkpoint (five: every 400 of 2,000 steps), since each task
   # is scored at its own selected step; one task alone keeps its best (best_metric).
   run "multi-seed${seed}" "seed=${seed}" --config.keep_checkpoints=1000
   for line in "${selection[@]}"; do
     read -r task metric mode <<< "$line"
-    best=(--config.best_metric="$metric" --config.best_mode="$mode")
-    run "${task}-seed${seed}" "single=${task},seed=${seed}" "${best[@]}"
+    run "${task}-seed${seed}" "single=${task},seed=${seed}" --config.best_metric="$metric" \
+        --config.best_mode="$mode"
+  done
+done
+for seed in "${seeds[@]}"; do
+  for line in "${selection[@]}"; do
+    read -r task metric mode <<< "$line"
     steps=$("${table[@]}" equal-steps "${root}/multi-seed${seed}" "${root}/${task}-seed${seed}")
-    run "${task}-equal-seed${seed}" "single=${task},seed=${seed}" "${best[@]}" \
-        --config.total_steps="$steps"
+    run "${task}-equal-seed${seed}" "single=${task},seed=${seed}" --config.best_metric="$metric" \
+        --config.best_mode="$mode" --config.total_steps="$steps"
   done
 done
 
