@@ -40,6 +40,9 @@ CacheFn = Callable[[int, int], Cache]
 
 METHODS = ('greedy', 'sample', 'beam')
 PROMPT_MODES = ('causal', 'prefix')
+# `generate`'s options that shape the program (static under jit); `seed` is not one.
+OPTIONS = ('max_new_tokens', 'eos_id', 'pad_id', 'method', 'temperature', 'top_k', 'top_p',
+           'num_beams', 'length_penalty', 'min_new_tokens', 'prompt_mode')
 
 
 def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids: jax.Array,
@@ -68,9 +71,7 @@ def unstacked(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[nnx.GraphDef, n
   return nnx.split(unstack_layers(nnx.merge(graphdef, state)))
 
 
-@functools.partial(jax.jit, static_argnames=(
-    'graphdef', 'cfg', 'max_new_tokens', 'eos_id', 'pad_id', 'method', 'temperature', 'top_k',
-    'top_p', 'num_beams', 'length_penalty', 'min_new_tokens', 'prompt_mode'))
+@functools.partial(jax.jit, static_argnames=('graphdef', 'cfg', *OPTIONS))
 def _generate(graphdef, cfg, state, prompt_ids, prompt_mask, seed, **options):
   # Outside the token loop (a no-op for an unstacked model): each step then reads every
   # weight in place.

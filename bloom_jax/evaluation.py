@@ -10,10 +10,9 @@ import functools
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 
-from bloom_jax import compat, decoding, sharding, steps
+from bloom_jax import compat, multitask_model, sharding, steps
 from bloom_jax.data import pipeline
 
 
@@ -21,8 +20,7 @@ class Evaluator:
 
   def __init__(self, config, pipe, graphdef, abstract_state, mesh):
     self.config, self.pipe, self.mesh = config, pipe, mesh
-    model = nnx.merge(graphdef, abstract_state)
-    self.lm_graphdef, self.lm_abstract = nnx.split(model.bloom)
+    self.graphdef, self.abstract_state = graphdef, abstract_state
     self.batch_size = _round_up(config.data.eval_batch_size, sharding.data_parallel_size(mesh))
     replicated = sharding.replicated(mesh)
     self._steps = {
@@ -59,18 +57,19 @@ class Evaluator:
       yield batch, jax.device_get(self._steps[spec.name](self._params, self._shard(batch)))
 
   def generate(self, spec, prompts: list[list[int]], width: int, **options) -> list[str]:
-    """Continuations of token prompts (left-padded to `width`), decoded to text; `options`
-    are `decoding.generate`'s (method, max_new_tokens, ...)."""
+    """Continuations of token prompts (left-padded to `width`), decoded to text by the
+    task's type (`TaskType.generate`); `options` are `decoding.generate`'s (method,
+    max_new_tokens, ...)."""
     if self._decoder is None:  # unstacked once for all batches: the weights are fixed
-      self._decoder = decoding.unstacked(
-          self.lm_graphdef, compat.from_pure_dict(self.lm_abstract, self._params['bloom']))
+      self._decoder = multitask_model.unstacked_trunk(
+          self.graphdef, compat.from_pure_dict(self.abstract_state, self._params))
     tok, texts = self.pipe.tokenizer, []
     for start in range(0, len(prompts), self.batch_size):
       chunk = prompts[start:start + self.batch_size]
       ids, mask = left_padded(chunk + [chunk[-1]] * (self.batch_size - len(chunk)), width,
                               tok.pad_id)
-      out = decoding.generate(
-          *self._decoder, self._shard(ids), self._shard(mask),
+      out = spec.type.generate(
+          spec, *self._decoder, self._shard(ids), self._shard(mask),
           eos_id=tok.eos_id, pad_id=tok.pad_id, prompt_mode=spec.attention, **options)
       # Rows live on every process's devices; each host needs all of them.
       tokens, lengths = multihost_utils.process_allgather((out['tokens'], out['lengths']),

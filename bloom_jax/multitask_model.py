@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bloom_jax.compat import param
-from bloom_jax.model import Bloom, BloomConfig
+from bloom_jax.model import Bloom, BloomConfig, unstack_layers
 
 
 class TagEmbeddings(nnx.Module):
@@ -58,3 +58,11 @@ class MultiTaskModel(nnx.Module):
         batch['input_ids'], segment_ids=batch['segment_ids'], mode=task.attention,
         prefix_mask=batch.get('prefix_mask'), added_embeddings=tags, dropout_key=trunk_key)
     return task.type.logits(self, task, hidden, batch, head_key)
+
+
+def unstacked_trunk(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[nnx.GraphDef, nnx.State]:
+  """The same multi-task model with its trunk's layers unstacked (`model.unstack_layers`),
+  for decoding many batches with fixed weights (`TaskType.generate`)."""
+  model = nnx.merge(graphdef, state)
+  model.bloom = unstack_layers(model.bloom)
+  return nnx.split(model)

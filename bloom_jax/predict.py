@@ -34,7 +34,7 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from bloom_jax import cli, compat, decoding, runs, sharding, task_types
+from bloom_jax import cli, compat, multitask_model, runs, sharding, task_types
 from bloom_jax.errors import ConfigError, DataError
 from bloom_jax.evaluation import left_padded
 
@@ -70,15 +70,15 @@ class Predictor:
   def __init__(self, run: runs.Run):
     self.run, self.tokenizer = run, run.pipe.tokenizer
     self.multiple = sharding.data_parallel_size(run.mesh)
-    model = nnx.merge(run.setup.graphdef, run.setup.abstract_state)
-    self.lm_graphdef, self.lm_abstract = nnx.split(model.bloom)
     self._logits = {}
 
   @functools.cached_property
   def _decoder(self) -> tuple[nnx.GraphDef, nnx.State]:
-    """The trunk with its layers unstacked once: the weights are the same for every batch."""
-    return decoding.unstacked(self.lm_graphdef,
-                              compat.from_pure_dict(self.lm_abstract, self.run.params['bloom']))
+    """The model with its trunk's layers unstacked once: the weights are the same for
+    every batch."""
+    return multitask_model.unstacked_trunk(
+        self.run.setup.graphdef,
+        compat.from_pure_dict(self.run.setup.abstract_state, self.run.params))
 
   def rows(self, task, rows: list[dict]) -> dict:
     """Canonical rows without targets -> model rows, one example each, in order."""
@@ -102,12 +102,13 @@ class Predictor:
   def generate(self, task, prompts: list[list[int]], width: int,
                max_new_tokens: int | None = None, **options) -> list[str]:
     """Continuations of token prompts (left-padded to `width`), decoded to text: at most
-    `max_new_tokens` tokens each (default: the task's target length). `options` are
-    `decoding.generate`'s (method, num_beams, temperature, top_k, top_p, seed)."""
+    `max_new_tokens` tokens each (default: the task's target length), by the task's type
+    (`TaskType.generate`). `options` are `decoding.generate`'s (method, num_beams,
+    temperature, top_k, top_p, seed)."""
     tok, n = self.tokenizer, len(prompts)
     ids, mask = left_padded(prompts + [prompts[-1]] * (-n % self.multiple), width, tok.pad_id)
-    result = decoding.generate(
-        *self._decoder, sharding.global_batch(ids, self.run.mesh),
+    result = task.type.generate(
+        task, *self._decoder, sharding.global_batch(ids, self.run.mesh),
         sharding.global_batch(mask, self.run.mesh),
         max_new_tokens=max_new_tokens or task.target_length, eos_id=tok.eos_id,
         pad_id=tok.pad_id, prompt_mode=task.attention, **options)

@@ -20,8 +20,9 @@ import abc
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from bloom_jax import losses, metrics
+from bloom_jax import decoding, losses, metrics
 from bloom_jax.data import packing
 from bloom_jax.errors import ConfigError
 
@@ -120,6 +121,15 @@ class TaskType(abc.ABC):
 
   def predictions(self, logits: jax.Array) -> jax.Array:
     return jnp.argmax(logits, axis=-1)
+
+  def generate(self, task, graphdef: nnx.GraphDef, state: nnx.State, prompt_ids: jax.Array,
+               prompt_mask: jax.Array, **options) -> dict[str, jax.Array]:
+    """`decoding.generate`'s result for left-padded prompts, decoded by the multi-task
+    model (`graphdef`, `state`: its trunk's layers unstacked, `multitask_model.unstacked_trunk`).
+    By default the trunk alone, with its tied LM head."""
+    del task
+    trunk = nnx.merge(graphdef, state).bloom
+    return decoding.generate(*nnx.split(trunk), prompt_ids, prompt_mask, **options)
 
   # ------------------------------------------------------------------ evaluation
 
