@@ -1,7 +1,8 @@
 """Task heads on the shared BLOOM trunk's final hidden states.
 
-Generation and LM tasks use the LM head tied to the word embeddings (`Bloom.logits`);
-classification and tagging tasks each have a linear head of their own.
+Generation and LM tasks use the LM head tied to the word embeddings (`Bloom.logits`; a
+generation task with `copy` adds its copy head, `bloom_jax.copying`); classification and
+tagging tasks each have a linear head of their own.
 """
 
 import jax

@@ -49,6 +49,8 @@ class TaskSpec:
                                    #   token, relative to a target token's (0: none)
   decoding: tuple = ()             # generation: evaluation's decoding options as sorted
                                    #   ((name, value), ...) (config: a mapping; (): greedy)
+  copy: bool = False               # generation: a copy head, which mixes copying source
+                                   #   tokens into the output distribution (pointer-generator)
   rate: float = 1.0
   loss_weight: float = 1.0
   batch_size: int = 0              # global rows per step, set from the mixture
@@ -129,10 +131,10 @@ REGISTRY: dict[str, TaskSpec] = {t.name: t for t in [
 ]}
 
 CONFIG_KEYS = ('rate', 'loss_weight', 'max_length', 'max_target_length', 'stopwords',
-               'attention', 'labels', 'pos_tagger', 'source_lm_weight', 'decoding')
+               'attention', 'labels', 'pos_tagger', 'source_lm_weight', 'decoding', 'copy')
 FIELD_TYPES = {'rate': (int, float), 'loss_weight': (int, float), 'max_length': (int,),
                'max_target_length': (int,), 'stopwords': (bool,), 'attention': (str,),
-               'pos_tagger': (str,), 'source_lm_weight': (int, float)}
+               'pos_tagger': (str,), 'source_lm_weight': (int, float), 'copy': (bool,)}
 # The keys that declare a task in the config alone (`type`, `reader` and `files` required).
 DECLARE_KEYS = ('type', 'reader', 'files', 'options', 'holdout', 'holdout_seed', 'description')
 SPLITS = ('train', 'validation', 'test')

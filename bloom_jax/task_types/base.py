@@ -41,6 +41,7 @@ class TaskType(abc.ABC):
   takes_pos_tags = False         # `pos_tagger` (a tagger run's tags, embedded) applies to it
   takes_source_lm = False        # `source_lm_weight` (a loss on its input text) applies to it
   takes_decoding = False         # `decoding` (evaluation's decoding options) applies to it
+  takes_copy = False             # `copy` (a copy head: tokens copied from the input) applies
 
   def __repr__(self) -> str:  # stable across processes: it goes into data fingerprints
     return f'task_types.{self.name}'
@@ -61,6 +62,8 @@ class TaskType(abc.ABC):
       raise ConfigError(f'{key}.source_lm_weight: not for {self.name} tasks')
     if task.decoding and not self.takes_decoding:
       raise ConfigError(f'{key}.decoding: not for {self.name} tasks')
+    if task.copy and not self.takes_copy:
+      raise ConfigError(f'{key}.copy: not for {self.name} tasks')
 
   # ------------------------------------------------------------------ data
 

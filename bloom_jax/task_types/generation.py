@@ -20,12 +20,20 @@ source token from the ones before it, each with weight w beside a target token's
 
 Then every position is projected onto the vocabulary in training. Evaluation, and the
 loss and perplexity it reports, stay on the target alone.
+
+With `copy`, the task has a copy head (`bloom_jax.copying`, a pointer-generator): each
+target position may copy a token of its own example's prefix instead of generating one,
+
+    P(w) = p_gen * softmax(logits)(w) + (1 - p_gen) * sum_{j in prefix, x_j = w} a_j
+
+and the task's logits are log P, in training, evaluation and decoding alike. It trains
+on the target alone: with `source_lm_weight` it is a ConfigError.
 """
 
 import jax.numpy as jnp
 import numpy as np
 
-from bloom_jax import losses, metrics
+from bloom_jax import copying, losses, metrics
 from bloom_jax.data import packing, text
 from bloom_jax.errors import ConfigError
 from bloom_jax.task_types import base
@@ -112,6 +120,7 @@ class Generation(base.TaskType):
   marks_prefix = True
   takes_source_lm = True
   takes_decoding = True
+  takes_copy = True
   metrics = ('rouge1', 'rouge2', 'rougeL')
   generates = True
   input_field = 'source'
@@ -126,6 +135,9 @@ class Generation(base.TaskType):
       raise ConfigError(
           f"{key}.source_lm_weight: needs {key}.attention='causal': read both ways, every "
           'source token sees the one it is to predict')
+    if task.copy and task.source_lm_weight:
+      raise ConfigError(f'{key}.copy: not with {key}.source_lm_weight (the copy head '
+                        'predicts target tokens only)')
     check_decoding(task, f'{key}.decoding')
 
   def clean(self, task, row):
@@ -194,15 +206,22 @@ class Generation(base.TaskType):
             f'    target ({base.verdict(target, sample["targets"][0])}): {target!r} '
             f'(references: {len(sample["targets"])})']
 
+  def make_head(self, model_cfg, task, rngs):
+    return copying.CopyHead(model_cfg, rngs=rngs) if task.copy else None
+
   def logits(self, model, task, hidden, batch, dropout_key):
-    """[B, P, V] logits at the target positions; in training with a source loss,
-    {'target': those, 'source': [B, S, V] logits at every position}."""
+    """[B, P, V] logits at the target positions (with `copy`, log-probabilities); in
+    training with a source loss, {'target': those, 'source': [B, S, V] logits at every
+    position}."""
     if task.source_lm_weight and dropout_key is not None:
       every = model.bloom.logits(hidden)
       return {'target': jnp.take_along_axis(every, batch['target_positions'][..., None], axis=1),
               'source': every}
     at = jnp.take_along_axis(hidden, batch['target_positions'][..., None], axis=1)
-    return model.bloom.logits(at)
+    logits = model.bloom.logits(at)
+    if task.copy:
+      return copying.packed_log_probs(model.heads[task.name], logits, hidden, batch)
+    return logits
 
   def losses(self, logits, batch):
     """The target positions' terms, followed in training with a source loss by every
@@ -215,6 +234,11 @@ class Generation(base.TaskType):
     return (jnp.concatenate([nll, source_nll], axis=1),
             jnp.concatenate([weights, batch['source_weights']], axis=1),
             jnp.concatenate([correct, jnp.zeros_like(source_nll, bool)], axis=1))
+
+  def generate(self, task, graphdef, state, prompt_ids, prompt_mask, **options):
+    if task.copy:
+      return copying.generate(graphdef, state, task.name, prompt_ids, prompt_mask, **options)
+    return super().generate(task, graphdef, state, prompt_ids, prompt_mask, **options)
 
   def vocab_positions(self, task):
     return task.max_length if task.source_lm_weight else target_budget(task)
