@@ -3,8 +3,9 @@
 Its log-probabilities are the pointer-generator's mixture, checked against a float64
 reference on packed rows (no example copies from another), they reduce to the LM's with
 the gate open, decoding with the cache gives what the training-time path gives for the
-same tokens (greedy and beam), the option is checked at configuration, and a run with it
-trains, evaluates, predicts and restores its head.
+same tokens (greedy and beam), the option is checked at configuration, a run with it
+trains, evaluates, predicts and restores its head, and on a task that copies its source
+the head learns in a few steps what the plain model has not begun to learn.
 """
 
 import dataclasses
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from tiny import tiny_config
@@ -270,3 +272,51 @@ def test_a_run_trains_evaluates_predicts_and_restores_its_copy_head(tmp_path):
     answers = task.type.predict(predict.Predictor(run), task, texts, **options)
     assert [a['text'] for a in answers] == texts
     assert all(isinstance(a['generated'], str) for a in answers)
+
+
+# --------------------------------------------------------------------------------------
+# What the head is for
+# --------------------------------------------------------------------------------------
+
+
+def _copying_batch(rng, vocab: int, size: int = 32) -> dict:
+  """`<s> source <sep> target`: 8 random source tokens, the target their first 3."""
+  source = rng.integers(5, vocab, (size, 8))
+  ids = np.concatenate([np.full((size, 1), 1), source, np.full((size, 1), 2), source[:, :3]], 1)
+  prefix = (np.arange(ids.shape[1]) < 10).astype(np.int32)
+  return {'input_ids': jnp.asarray(ids, jnp.int32),
+          'segment_ids': jnp.ones(ids.shape, jnp.int32),
+          'prefix_mask': jnp.asarray(np.broadcast_to(prefix, ids.shape)),
+          'target_positions': jnp.asarray(np.broadcast_to(np.arange(9, 12), (size, 3))),
+          'targets': jnp.asarray(source[:, :3], jnp.int32),
+          'weights': jnp.ones((size, 3), jnp.float32)}
+
+
+def _target_loss_after_training(copy: bool, steps: int = 50, vocab: int = 64) -> float:
+  task = dataclasses.replace(_task(), max_length=16, max_target_length=3, copy=copy)
+  cfg = BloomConfig(vocab_size=vocab, hidden_size=32, n_head=4, n_layer=2, init_std=0.02)
+  graphdef, params = nnx.split(MultiTaskModel(cfg, {'t': task}, rngs=nnx.Rngs(0)))
+  optimizer = optax.adam(3e-3)
+
+  def loss(params, batch):
+    nll, weights, _ = GENERATION.losses(nnx.merge(graphdef, params)(task, batch), batch)
+    return jnp.sum(nll * weights) / jnp.sum(weights)
+
+  @jax.jit
+  def step(params, opt_state, batch):
+    value, grads = jax.value_and_grad(loss)(params, batch)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, value
+
+  rng, opt_state, losses = np.random.default_rng(0), optimizer.init(params), []
+  for _ in range(steps):
+    params, opt_state, value = step(params, opt_state, _copying_batch(rng, vocab))
+    losses.append(float(value))
+  return float(np.mean(losses[-10:]))
+
+
+def test_copying_the_source_is_learnt_much_faster_with_the_head():
+  # After 50 steps the plain model is still near log(59), uniform over the tokens; the
+  # copy head is near 1.2 nats (seeds 0-6 measured: 1.0-1.3 against 3.9-4.1).
+  plain, copy = _target_loss_after_training(False), _target_loss_after_training(True)
+  assert copy < plain - 1.5
