@@ -64,6 +64,7 @@ def get_config(arg=None):
   # decoding the evaluations use (greedy; `evaluate --decoding` compares others on dev).
   c.tasks.aeslc.source_lm_weight = 0.0
   c.tasks.aeslc.decoding = ml_collections.ConfigDict(dict(method='greedy'))
+  c.tasks.aeslc.copy = False  # the copy head (pointer-generator; docs/multitask.md)
   for name in ('sst2', 'trec'):  # a tagging run's workdir: POS tags as an input (docs/data.md)
     c.tasks[name].pos_tagger = ''
 
