@@ -64,7 +64,9 @@ def get_config(arg=None):
   # decoding the evaluations use (greedy; `evaluate --decoding` compares others on dev).
   c.tasks.aeslc.source_lm_weight = 0.0
   c.tasks.aeslc.decoding = ml_collections.ConfigDict(dict(method='greedy'))
-  c.tasks.aeslc.copy = False  # the copy head (pointer-generator; docs/multitask.md)
+  # A copy head (pointer-generator; docs/multitask.md): subjects reuse the body's words,
+  # and a model trained from scratch does not learn to copy them through the vocabulary.
+  c.tasks.aeslc.copy = True
   for name in ('sst2', 'trec'):  # a tagging run's workdir: POS tags as an input (docs/data.md)
     c.tasks[name].pos_tagger = ''
 
