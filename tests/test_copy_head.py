@@ -18,6 +18,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from tiny import SUBJECT_ROWS as ROWS
 from tiny import tiny_config
 
 from bloom_jax import compat, copying, evaluation, predict, runs, tasks, tokenizer, train
@@ -27,13 +28,6 @@ from bloom_jax.multitask_model import MultiTaskModel, unstacked_trunk
 from bloom_jax.task_types import GENERATION
 from bloom_jax.task_types.generation import prompt_length
 
-ROWS = [
-    {'source': 'please sign the Service Agreement today', 'targets': ['Service Agreement']},
-    {'source': 'we moved the Meeting to Friday morning', 'targets': ['Meeting moved']},
-    {'source': 'the gas Report for May is attached here', 'targets': ['May gas Report']},
-    {'source': 'call me', 'targets': ['Call']},
-    {'source': 'Thanks for the notes from the Board meeting', 'targets': ['Board notes']},
-]
 NEVER = -1  # an EOS id no model emits: every output has max_new_tokens tokens
 
 

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from tiny import SUBJECT_ROWS as ROWS
 from tiny import tiny_config
 
 from bloom_jax import decoding, evaluate, losses, steps, tasks, tokenizer, train
@@ -29,13 +30,6 @@ from bloom_jax.multitask_model import MultiTaskModel
 from bloom_jax.task_types import GENERATION
 from bloom_jax.task_types.generation import decoding_options, target_budget
 
-ROWS = [
-    {'source': 'please sign the Service Agreement today', 'targets': ['Service Agreement']},
-    {'source': 'we moved the Meeting to Friday morning', 'targets': ['Meeting moved']},
-    {'source': 'the gas Report for May is attached here', 'targets': ['May gas Report']},
-    {'source': 'call me', 'targets': ['Call']},
-    {'source': 'Thanks for the notes from the Board meeting', 'targets': ['Board notes']},
-]
 WEIGHT = 0.25
 TOLERANCE = 1e-5
 

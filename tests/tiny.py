@@ -5,6 +5,15 @@ import re
 
 from configs import default
 
+# Generation rows whose subjects reuse words of the body (tests of copying and decoding).
+SUBJECT_ROWS = [
+    {'source': 'please sign the Service Agreement today', 'targets': ['Service Agreement']},
+    {'source': 'we moved the Meeting to Friday morning', 'targets': ['Meeting moved']},
+    {'source': 'the gas Report for May is attached here', 'targets': ['May gas Report']},
+    {'source': 'call me', 'targets': ['Call']},
+    {'source': 'Thanks for the notes from the Board meeting', 'targets': ['Board notes']},
+]
+
 
 def tiny_config(**mesh):
   c = default.get_config()
