@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bloom_jax import decoding
+from bloom_jax import decoding, multitask_model
 from bloom_jax.compat import param
-from bloom_jax.model import BloomConfig, init_cache, unstack_layers
+from bloom_jax.model import BloomConfig, init_cache
 
 # log(0): exp of it is 0 in float32, and sums with it stay finite.
 LOG_ZERO = -1e9
@@ -154,8 +154,6 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, name: str, prompt_ids: ja
 
 @functools.partial(jax.jit, static_argnames=('graphdef', 'cfg', 'name', *decoding.OPTIONS))
 def _generate(graphdef, cfg, name, state, prompt_ids, prompt_mask, seed, **options):
-  model = nnx.merge(graphdef, state)
-  model.bloom = unstack_layers(model.bloom)  # a no-op for a trunk unstacked already
-  graphdef, state = nnx.split(model)
+  graphdef, state = multitask_model.unstacked_trunk(graphdef, state)  # no-op if unstacked
   return decoding.decode(decoder(graphdef, name), functools.partial(new_cache, cfg), state,
                          prompt_ids, prompt_mask, seed=seed, **options)
