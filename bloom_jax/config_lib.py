@@ -132,6 +132,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if balancing not in LOSS_BALANCING:
     raise ConfigError(f'loss_balancing: must be one of {", ".join(LOSS_BALANCING)}, '
                       f'got {balancing!r}')
+  if not config.get('gradnorm_max_gain', 0.0) >= 0:
+    raise ConfigError(f'gradnorm_max_gain: must be >= 0 (0: no cap), '
+                      f'got {config.gradnorm_max_gain!r}')
   if config.get('best_mode', 'max') not in ('max', 'min'):
     raise ConfigError(f"best_mode: must be 'max' or 'min', got {config.best_mode!r}")
   if not config.tasks:

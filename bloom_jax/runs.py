@@ -83,7 +83,8 @@ def build(config, tasks: dict, vocab_size: int, mesh) -> Setup:
       steps.train_step, graphdef=graphdef, abstract_state=abstract_state, tasks=ordered,
       optimizer=optimizer,
       schedule=optim.learning_rate_schedule(config.optimizer, config.total_steps),
-      seed=config.seed, grad_accum=config.optimizer.grad_accum, balancing=balancing)
+      seed=config.seed, grad_accum=config.optimizer.grad_accum, balancing=balancing,
+      max_gain=float(config.get('gradnorm_max_gain', 0.0)))
   train_step = jax.jit(
       compat.traced_under(mesh, step),  # the activations' sharding constraints apply
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),

@@ -4,8 +4,9 @@
 
 `loss_balancing` (LOSS_BALANCING) chooses how the tasks' terms combine beyond the static
 weights w_t (docs/multitask.md): 'static' sums them as above; 'gradnorm_per_task' rescales
-each task's gradient to a common norm before summing; 'uncertainty' learns a log-variance
-s_t per task, sum_t w_t * (exp(-s_t) * L_t + s_t / 2).
+each task's gradient to a common norm before summing (`max_gain` caps how far a vanishing
+one is scaled up); 'uncertainty' learns a log-variance s_t per task,
+sum_t w_t * (exp(-s_t) * L_t + s_t / 2).
 
 The train state is a plain pytree {params, opt_state, step, nonfinite}; the model is
 rebuilt from (graphdef, params) inside the trace, so nothing walks Python objects per
@@ -83,35 +84,50 @@ def uncertainty_term(log_variance, stats, denominator):
           + 0.5 * log_variance * stats['count']) / denominator
 
 
-def per_task_normalised(loss_and_grad, params, tasks):
+def per_task_normalised(loss_and_grad, params, tasks, max_gain=0.0):
   """((loss, stats), gradient, effective weights) of 'gradnorm_per_task' balancing:
 
-      g = m * sum_t w_t * G_t / |G_t|,   G_t = grad(w_t * L_t),   m = mean_t |G_t|
+      g = sum_t w_t * a_t * G_t,   a_t = m / |G_t|,   G_t = grad(w_t * L_t),   m = mean_t |G_t|
 
   so every task's gradient has norm w_t * m whatever its loss's scale, and none alone sets
   Adam's second moment for the shared trunk; m keeps the sum near the size of an unweighted
-  one, for clipping and the logged grad_norm. The weight on L_t is w_t * m / |grad L_t|.
+  one, for clipping and the logged grad_norm. The weight on L_t is w_t^2 * a_t.
+
+  The gain a_t grows without bound as a task's gradient vanishes: a task whose training
+  set is fitted (loss near 0) would have its last, memorising gradients scaled up to a
+  full share of every update. `max_gain` c > 0 caps it, a_t = min(m / |G_t|, c), so such a
+  task fades out of the update instead. Then m must be known before any term is summed,
+  and every task's gradient is kept until the last norm is: T gradient-sized buffers. With
+  no cap m factors out of the sum, and one running sum of G_t / |G_t| is enough.
 
   One backward pass per task. Each task already had its own forward pass through the
   trunk (its own sub-batch), so the passes cost what the joint one does; the extra is a
-  norm and a scaled add per task over the gradient, and a second gradient-sized buffer.
-  A task with no gradient (no weighted position, or w_t = 0) adds nothing; a non-finite
-  norm makes m, and so the step, non-finite, which skips it as with static weights.
+  norm and a scaled add per task over the gradient. A task with no gradient (no weighted
+  position, or w_t = 0) adds nothing; a non-finite norm makes m, and so the step,
+  non-finite, which skips it as with static weights.
   """
-  loss, stats, norms, summed = 0.0, {}, [], None
+  loss, stats, norms, kept = 0.0, {}, [], []
   for i, task in enumerate(tasks):
     (task_loss, task_stats), grads = loss_and_grad(params, only=i)
     norm = optax.tree.norm(grads)
-    scale = jnp.where(norm > 0, task.loss_weight / norm, 0.0)
-    scaled = jax.tree.map(lambda g, scale=scale: g * scale.astype(g.dtype), grads)
-    summed = scaled if summed is None else jax.tree.map(jnp.add, summed, scaled)
+    if max_gain:
+      kept.append(grads)
+    else:
+      scale = jnp.where(norm > 0, task.loss_weight / norm, 0.0)
+      scaled = jax.tree.map(lambda g, scale=scale: g * scale.astype(g.dtype), grads)
+      kept = [scaled if not kept else jax.tree.map(jnp.add, kept[0], scaled)]
     loss, norms = loss + task_loss, norms + [norm]
     stats.update(task_stats)
   mean = jnp.mean(jnp.stack(norms))
-  grads = jax.tree.map(lambda g: g * mean.astype(g.dtype), summed)
-  # G_t carries w_t already, so the weight on L_t is w_t * (w_t * m / |G_t|).
-  weights = {t.name: jnp.where(n > 0, t.loss_weight ** 2 * mean / n, 0.0)
-             for t, n in zip(tasks, norms, strict=True)}
+  gains = [jnp.where(n > 0, mean / n, 0.0) for n in norms]
+  if max_gain:
+    gains = [jnp.minimum(a, max_gain) for a in gains]
+    scales = [t.loss_weight * a for t, a in zip(tasks, gains, strict=True)]
+    grads = jax.tree.map(
+        lambda *gs: sum(s.astype(g.dtype) * g for s, g in zip(scales, gs, strict=True)), *kept)
+  else:
+    grads = jax.tree.map(lambda g: g * mean.astype(g.dtype), kept[0])
+  weights = {t.name: t.loss_weight ** 2 * a for t, a in zip(tasks, gains, strict=True)}
   return (loss, stats), grads, weights
 
 
@@ -129,7 +145,7 @@ def _micro_batches(batch, n):
 
 
 def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, schedule,
-               seed, grad_accum, balancing='static'):
+               seed, grad_accum, balancing='static', max_gain=0.0):
   step = state['step']
   dropout_key = jax.random.fold_in(jax.random.key(seed), step)
   counts = {t.name: jnp.sum(batch[t.name]['weights'].astype(jnp.float32)) for t in tasks}
@@ -158,7 +174,8 @@ def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, sche
 
   # `weights`: the weight each L_t has in this step's gradient, logged as <task>/weight.
   if balancing == 'gradnorm_per_task':
-    (loss, stats), grads, weights = per_task_normalised(loss_and_grad, state['params'], tasks)
+    (loss, stats), grads, weights = per_task_normalised(loss_and_grad, state['params'], tasks,
+                                                        max_gain)
   else:
     (loss, stats), grads = loss_and_grad(state['params'])
     weights = {t.name: t.loss_weight for t in tasks}

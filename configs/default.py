@@ -30,6 +30,8 @@ def get_config(arg=None):
   c.skip_nonfinite = False         # True: skip an update whose loss/grads are NaN/inf
   c.loss_balancing = 'static'      # how task losses combine: 'static' (loss_weight only) |
                                    #   'gradnorm_per_task' | 'uncertainty' (docs/multitask.md)
+  c.gradnorm_max_gain = 0.0        # gradnorm_per_task: cap on the factor a task's gradient is
+                                   #   scaled up by (0: none); read by no other method
   c.tensorboard = True             # also write TensorBoard event files (loads TensorFlow)
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1 fills the devices

@@ -45,7 +45,7 @@ def _gradient_keeper():
       lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
 
 
-def _setup(factors, balancing, optimizer, grad_accum=1, types=None):
+def _setup(factors, balancing, optimizer, grad_accum=1, types=None, max_gain=0.0):
   """A jitted train step over LM tasks 'a', 'b', ... with losses scaled by `factors`, its
   first state and a batch, and (graphdef, abstract_state, specs)."""
   cfg = BloomConfig(vocab_size=nonfinite_blame.VOCAB, hidden_size=16, n_head=2, n_layer=1)
@@ -59,7 +59,7 @@ def _setup(factors, balancing, optimizer, grad_accum=1, types=None):
   step = jax.jit(functools.partial(
       steps.train_step, graphdef=graphdef, abstract_state=abstract_state, tasks=specs,
       optimizer=optimizer, schedule=lambda _: 0.0, seed=0, grad_accum=grad_accum,
-      balancing=balancing))
+      balancing=balancing, max_gain=max_gain))
   _, _, batch, _ = nonfinite_blame._setup(types)  # its tasks' batch: random LM rows
   state = {'params': params, 'opt_state': optimizer.init(params), 'step': jnp.int32(0),
            'nonfinite': jnp.full((2,), -1, jnp.int32)}
@@ -109,6 +109,34 @@ def test_gradnorm_per_task_gives_every_task_the_same_gradient_norm():
   assert float(metrics['grad_norm']) == pytest.approx(_norm(after['opt_state']), rel=1e-5)
   assert float(metrics['loss']) == pytest.approx(
       float(metrics['a/loss']) + float(metrics['b/loss']), rel=1e-6)
+
+
+def test_max_gain_caps_how_far_a_small_gradient_is_scaled_up():
+  step, state, batch, (graphdef, abstract_state, specs) = _setup(
+      (1.0, 100.0), 'gradnorm_per_task', _gradient_keeper(), max_gain=5.0)
+  after, metrics = step(state, batch)
+  ga, gb = _task_gradients(state, batch, graphdef, abstract_state, specs)
+  mean = (_norm(ga) + _norm(gb)) / 2
+  gain_b = mean / _norm(gb)
+  assert mean / _norm(ga) > 40 and gain_b < 5.0  # the cap binds on task a only
+  # Task a is scaled by the cap instead of m / |G_a|; task b as without one.
+  assert float(metrics['a/weight']) == pytest.approx(5.0)
+  assert float(metrics['b/weight']) == pytest.approx(gain_b, rel=1e-5)
+  jax.tree.map(lambda g, a, b: np.testing.assert_allclose(g, 5.0 * a + gain_b * b,
+                                                          rtol=1e-4, atol=1e-7),
+               after['opt_state'], ga, gb)
+  # A cap above every gain gives the uncapped step.
+  none, loose = (jax.device_get(_setup((1.0, 100.0), 'gradnorm_per_task', _gradient_keeper(),
+                                       max_gain=gain)[0](state, batch)) for gain in (0.0, 1e3))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-8), loose, none)
+
+
+def test_a_negative_max_gain_is_a_config_error():
+  config = tiny_config()
+  config.gradnorm_max_gain = -1.0
+  with pytest.raises(ConfigError, match=r"^gradnorm_max_gain: must be >= 0 \(0: no cap\), "
+                                        r"got -1.0$"):
+    config_lib.validate(config)
 
 
 def test_uncertainty_learns_a_larger_log_variance_for_the_larger_loss():
