@@ -529,7 +529,7 @@ def test_real_config_variants():
   # Data-matched: the task's rows per step and its tokenizer are the mixture's.
   assert alone.data.batch_size == round(mixture.data.batch_size * mixture.tasks.trec.rate)
   assert alone.tokenizer.train_on == mixture.tokenizer.train_on
-  for bad in ('single=nope', 'seed=x', 'other=1', 'single'):
+  for bad in ('single=nope', 'seed=x', 'other=1', 'single', 'sweep=dropout'):
     with pytest.raises(ValueError, match='expected single=TASK'):
       real_multitask.get_config(bad)
 

@@ -193,6 +193,11 @@ def test_the_ablation_sweep_covers_every_method_with_two_seeds():
       config = definitions.resolve(real_multitask.get_config(arg), trial.overrides)
       config_lib.validate(config)
   assert real_multitask.get_config('steps=450').eval_every == 150
+  rates = definitions.name_trials(real_multitask.get_sweep('sweep=lr'))
+  assert [t.overrides for t in rates] == [
+      {'optimizer.learning_rate': r, 'seed': 0} for r in (1e-3, 2e-3, 4e-3)]
+  config_lib.validate(definitions.resolve(real_multitask.get_config('sweep=lr'),
+                                          rates[0].overrides))
 
 
 
