@@ -60,6 +60,8 @@ listed=$("${table[@]}" selection)  # TASK METRIC MODE lines: each task's headlin
 mapfile -t selection <<< "$listed"
 # Every seed's data-matched runs come before the equal-compute ones, which cost five
 # mixtures per seed: an interrupted script has the cheaper comparison complete first.
+# The equal-compute steps come from the ratio of two runs' median steps/s, which is the
+# ratio of their costs only if both had the machine to themselves: run this script alone.
 for seed in "${seeds[@]}"; do
   # The mixture keeps every checkpoint (five: every 400 of 2,000 steps), since each task
   # is scored at its own selected step; one task alone keeps its best (best_metric).
