@@ -75,16 +75,27 @@ def alibi_bias(key_positions: jax.Array, n_head: int) -> jax.Array:
 
 
 def symmetric_alibi_bias(query_positions: jax.Array, key_positions: jax.Array,
-                         n_head: int) -> jax.Array:
+                         n_head: int, split: bool = False) -> jax.Array:
   """[B, Q], [B, K] -> [B, n_head, Q, K] float32 bias -slope_h * |pos_q - pos_k|.
 
   For keys after the query (bidirectional and prefix attention) BLOOM's form would
   rank keys the same way for every query and so carry no relative position at all;
   the symmetric distance keeps it. On causal keys both forms agree up to a row constant.
+
+  One slope both ways cannot tell the key before the query from the key after it, so a
+  bidirectional reader without position embeddings computes the same for a sequence
+  and its reversal. `split` makes the heads directional, as the two halves of a
+  bidirectional RNN: even heads read only keys up to the query, odd heads only keys
+  from it on, each with its own slope.
   """
   slopes = jnp.asarray(alibi_slopes(n_head))
-  distance = jnp.abs(query_positions[:, :, None] - key_positions[:, None, :])
-  return -slopes[None, :, None, None] * distance[:, None].astype(jnp.float32)
+  distance = query_positions[:, :, None] - key_positions[:, None, :]
+  bias = -slopes[None, :, None, None] * jnp.abs(distance)[:, None].astype(jnp.float32)
+  if split:
+    backward = (jnp.arange(n_head) % 2 == 0)[None, :, None, None]
+    wrong_side = jnp.where(backward, distance[:, None] < 0, distance[:, None] > 0)
+    bias = jnp.where(wrong_side, -1e9, bias)  # finite: fully masked rows stay NaN-free
+  return bias
 
 
 def sinusoidal_embedding(positions: jax.Array, dim: int) -> jax.Array:

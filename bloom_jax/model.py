@@ -10,7 +10,8 @@ The attention mode is chosen per call: `causal` (generation), `bidirectional`
 (encoders for classification and tagging) or `prefix` (bidirectional over a source,
 causal over what follows). Causal attention uses BLOOM's ALiBi exactly; the other modes
 use its symmetric form -slope*|i - j|, since BLOOM's form carries no relative position
-for keys that follow the query. Parameter names mirror Hugging Face's so `bloom_jax.hf`
+for keys that follow the query (`split_heads` makes bidirectional heads one-sided, so that
+an encoder can tell left from right). Parameter names mirror Hugging Face's so `bloom_jax.hf`
 is a table, not a puzzle.
 """
 
@@ -50,6 +51,9 @@ class BloomConfig:
   param_dtype: str = 'float32'
   remat: str = 'none'
   alibi_fp32: bool = False        # keep the ALiBi bias in float32 (HF casts it to `dtype`)
+  # Bidirectional calls only: even heads read leftward, odd heads rightward, so that an
+  # encoder sees direction, which symmetric ALiBi hides. Causal and prefix calls unchanged.
+  split_heads: bool = False
   # 'einsum': scores materialised, as HF computes them (any backend, dtype, cache, dropout).
   # 'cudnn': cuDNN's fused flash attention on NVIDIA GPUs for cache-free calls without
   # attention dropout; the other calls keep the einsum path.
@@ -191,7 +195,8 @@ class Bloom(nnx.Module):
     elif cfg.position == 'alibi':
       # Also the causal bias for cuDNN: on allowed keys it is BLOOM's up to a row constant,
       # and its values stay small near the diagonal, where a bf16 bias must be exact.
-      alibi = layers.symmetric_alibi_bias(query_positions, positions, cfg.n_head)
+      alibi = layers.symmetric_alibi_bias(query_positions, positions, cfg.n_head,
+                                          split=cfg.split_heads and mode == 'bidirectional')
     allowed = layers.attention_allowed(key_mask, offset, length, mode, key_prefix, segment_ids)
     kv = None if cache is None else {'k': cache['k'], 'v': cache['v']}
     layer_keys = None if dropout_key is None else jax.random.split(dropout_key, cfg.n_layer)

@@ -76,6 +76,7 @@ def get_config(arg=None):
   c.model.n_layer = 2
   c.model.n_head = 4
   c.model.position = 'alibi'       # 'alibi' | 'sinusoidal' | 'none'
+  c.model.split_heads = False      # bidirectional attention: half the heads read each way
   c.model.dtype = 'float32'        # compute dtype
   c.model.param_dtype = 'float32'
   # 'none' | 'full' | 'dots'. 'dots' keeps only the matmul outputs for the backward pass and

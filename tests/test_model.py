@@ -281,6 +281,44 @@ def test_positions_matter():
     assert (np.abs(a - b).max() > 1e-3) == changes, position
 
 
+def test_symmetric_alibi_reads_a_row_and_its_reversal_alike():
+  # One slope both ways: at each token of the reversed row a bidirectional reader computes
+  # what it computed at the mirror-image token of the row. Split heads tell them apart.
+  ids = _ids(2, (1, 6))
+  for split_heads, blind in [(False, True), (True, False)]:
+    model = _random_model(split_heads=split_heads)
+    forward = _logits(model, ids, mode='bidirectional')[0]
+    backward = _logits(model, ids[:, ::-1], mode='bidirectional')[0, ::-1]
+    assert (np.abs(forward - backward).max() < 1e-5) == blind, split_heads
+
+
+@pytest.mark.parametrize('mode', ['causal', 'prefix'])
+def test_split_heads_leave_causal_and_prefix_calls_unchanged(mode):
+  ids, mask = _prompt_batch()
+  prefix_mask = (np.arange(12) < 8)[None].repeat(3, 0).astype(np.int32)
+  kwargs = dict(mode=mode, prefix_mask=jnp.asarray(prefix_mask) if mode == 'prefix' else None)
+  plain, split = (_logits(_random_model(split_heads=s), ids, mask, **kwargs)
+                  for s in (False, True))
+  np.testing.assert_array_equal(split, plain)
+
+
+def test_split_alibi_bias_worked_values():
+  n_head, positions = 4, jnp.asarray([[0, 1, 2, 3, 0]])  # a second segment starts at 4
+  slopes = layers.alibi_slopes(n_head)  # 0.25, 0.0625, 0.015625, 0.00390625
+  bias = np.asarray(layers.symmetric_alibi_bias(positions, positions, n_head, split=True))
+  assert bias.shape == (1, n_head, 5, 5)
+  for h in range(n_head):
+    back, ahead = bias[0, h, 2, 1], bias[0, h, 1, 3]  # one key back, two keys ahead
+    if h % 2 == 0:  # reads leftward
+      np.testing.assert_allclose(back, -slopes[h])
+      assert ahead <= -1e8
+    else:           # reads rightward
+      np.testing.assert_allclose(ahead, -2 * slopes[h])
+      assert back <= -1e8
+    np.testing.assert_allclose(bias[0, h, 3, 3], 0.0)
+    np.testing.assert_allclose(bias[0, h, 0, 4], 0.0)  # the same position, either side
+
+
 # --------------------------------------------------------------------------------------
 # KV cache
 # --------------------------------------------------------------------------------------

@@ -99,10 +99,10 @@ def test_row_statistics():
 
 
 @functools.cache
-def _random_model(position: str) -> Bloom:
+def _random_model(position: str, split_heads: bool = False) -> Bloom:
   abstract = nnx.eval_shape(lambda: Bloom(BloomConfig(
-      vocab_size=VOCAB, hidden_size=24, n_head=6, n_layer=2, position=position),
-      rngs=nnx.Rngs(0)))
+      vocab_size=VOCAB, hidden_size=24, n_head=6, n_layer=2, position=position,
+      split_heads=split_heads), rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   rng = np.random.default_rng(1)
   state = jax.tree.map(lambda x: jnp.asarray(0.25 * rng.standard_normal(x.shape), x.dtype), state)
@@ -116,10 +116,11 @@ def _logits(model, ids, mask, segment_ids, prefix_mask, mode):
   return model.logits(hidden)
 
 
-@pytest.mark.parametrize('position', ['alibi', 'sinusoidal', 'none'])
+@pytest.mark.parametrize('position,split_heads', [
+    ('alibi', False), ('alibi', True), ('sinusoidal', False), ('none', False)])
 @pytest.mark.parametrize('mode', ['causal', 'bidirectional', 'prefix'])
-def test_packed_examples_equal_examples_alone(mode, position):
-  model = _random_model(position)
+def test_packed_examples_equal_examples_alone(mode, position, split_heads):
+  model = _random_model(position, split_heads)
   lengths = [7, 3, 11, 5, 9, 2, 6]
   examples = _examples(lengths, seed=2, prefix=True)
   row_of, offset_of, _ = packing.assign(examples.lengths, 16)
