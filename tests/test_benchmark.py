@@ -7,6 +7,7 @@ from flax import nnx
 
 from bloom_jax import config_lib
 from bloom_jax.model import Bloom
+from configs import real_multitask
 from scripts.bench import comparison, probes
 
 SHAPE = dict(comparison.QUICK, hidden=32, heads=4, layers=3, vocab=96, batch=2, seq=8)
@@ -45,5 +46,6 @@ def test_mixture_layouts_train_the_same_tokens_per_step():
   for name, config in layouts.items():
     rates = {t: c.rate * config.data.batch_size for t, c in config.tasks.items()}
     tokens[name] = sum(round(rates[t]) * c.max_length for t, c in config.tasks.items())
-  assert tokens['packed'] == tokens['unpacked'] == 4352
+  expected = sum(rows * length for rows, length in real_multitask.TASKS.values())
+  assert tokens['packed'] == tokens['unpacked'] == expected
   assert layouts['packed'].data.pack and not layouts['unpacked'].data.pack
