@@ -76,7 +76,8 @@ def alibi_bias(key_positions: jax.Array, n_head: int) -> jax.Array:
 
 def symmetric_alibi_bias(query_positions: jax.Array, key_positions: jax.Array,
                          n_head: int, split: bool = False) -> jax.Array:
-  """[B, Q], [B, K] -> [B, n_head, Q, K] float32 bias -slope_h * |pos_q - pos_k|.
+  """[B, Q], [B, K] -> [B, n_head, Q, K] float32 bias -slope_h * |pos_q - pos_k|
+  (with `split`, each head's keys on the other side of the query get -1e9).
 
   For keys after the query (bidirectional and prefix attention) BLOOM's form would
   rank keys the same way for every query and so carry no relative position at all;
