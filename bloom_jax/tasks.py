@@ -45,8 +45,8 @@ class TaskSpec:
   pos_tagger: object = None        # a `pos_features.Tagger` tagging the input words, or None
                                    #   (config: the tagger run's workdir, '' for none)
   attention: str = ''              # 'causal' | 'bidirectional' | 'prefix' ('': the type's)
-  source_lm_weight: float = 0.0    # generation: weight of a next-token loss on each source
-                                   #   token, relative to a target token's (0: none)
+  source_lm_weight: float = 0.0    # generation, classification: weight of a next-token
+                                   #   loss on each input token, relative to a target's (0: none)
   decoding: tuple = ()             # generation: evaluation's decoding options as sorted
                                    #   ((name, value), ...) (config: a mapping; (): greedy)
   copy: bool = False               # generation: a copy head, which mixes copying source

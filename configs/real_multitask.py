@@ -74,6 +74,7 @@ def get_config(arg=None):
   c.tasks.aeslc.copy = True
   for name in ('sst2', 'trec'):  # a tagging run's workdir: POS tags as an input (docs/data.md)
     c.tasks[name].pos_tagger = ''
+    c.tasks[name].source_lm_weight = 0.0  # a next-token loss on the text (attention='causal')
 
   # Levers measured in docs/results.md: a wider, deeper trunk than 128 x 3 layers gained on
   # every task at equal steps, and per-task gradient normalisation beat static weights on

@@ -216,8 +216,8 @@ def test_source_loss_needs_causal_attention():
     tasks.configure({'summarize': entry})
   entry.attention = 'causal'
   assert tasks.configure({'summarize': entry})['summarize'].source_lm_weight == 0.1
-  with pytest.raises(ConfigError, match='tasks.sentiment.source_lm_weight: not for'):
-    tasks.configure({'sentiment': dict(source_lm_weight=0.1)})
+  with pytest.raises(ConfigError, match='tasks.lm.source_lm_weight: not for'):
+    tasks.configure({'lm': dict(source_lm_weight=0.1, attention='causal')})
   with pytest.raises(ConfigError, match='tasks.summarize.source_lm_weight: must be >= 0'):
     tasks.configure({'summarize': dict(source_lm_weight=-1.0, attention='causal')})
 

@@ -39,7 +39,8 @@ class TaskType(abc.ABC):
   marks_prefix = False           # rows carry a `prefix_mask` (for 'prefix' attention)
   takes_stopwords = False        # `stopwords` (drop English stop words) applies to its input
   takes_pos_tags = False         # `pos_tagger` (a tagger run's tags, embedded) applies to it
-  takes_source_lm = False        # `source_lm_weight` (a loss on its input text) applies to it
+  takes_source_lm = False        # `source_lm_weight` (a next-token loss on its input text)
+                                 #   applies to it
   takes_decoding = False         # `decoding` (evaluation's decoding options) applies to it
   takes_copy = False             # `copy` (a copy head: tokens copied from the input) applies
 
@@ -60,6 +61,12 @@ class TaskType(abc.ABC):
       raise ConfigError(f'{key}.pos_tagger: not for {self.name} tasks')
     if task.source_lm_weight and not self.takes_source_lm:
       raise ConfigError(f'{key}.source_lm_weight: not for {self.name} tasks')
+    if task.source_lm_weight < 0:
+      raise ConfigError(f'{key}.source_lm_weight: must be >= 0')
+    if task.source_lm_weight and task.attention != 'causal':
+      raise ConfigError(
+          f"{key}.source_lm_weight: needs {key}.attention='causal': read both ways, every "
+          'input token sees the one it is to predict')
     if task.decoding and not self.takes_decoding:
       raise ConfigError(f'{key}.decoding: not for {self.name} tasks')
     if task.copy and not self.takes_copy:
@@ -117,8 +124,18 @@ class TaskType(abc.ABC):
     del task
     return 0
 
-  def losses(self, logits: jax.Array, batch: dict):
-    """(loss, weights, correct) per scored position; `correct` may be None."""
+  def losses(self, logits, batch: dict):
+    """(loss, weights, correct) per scored position; `correct` may be None. In training
+    with a source loss (`logits` {'target': ..., 'source': [B, S, V]}), the target's terms
+    followed by every position's source term (weight 0 but where the next token is one of
+    the input's, `source_lm_fields`)."""
+    if isinstance(logits, dict):
+      nll, weights, correct = self.losses(logits['target'], batch)
+      source_nll, _ = losses.token_nll(logits['source'], batch['source_targets'])
+      # Source predictions stay out of `correct`: the logged accuracy is the target's.
+      return (jnp.concatenate([nll, source_nll], axis=1),
+              jnp.concatenate([weights, batch['source_weights']], axis=1),
+              jnp.concatenate([correct, jnp.zeros_like(source_nll, bool)], axis=1))
     nll, correct = losses.token_nll(logits, batch['targets'])
     return nll, batch['weights'].astype(jnp.float32), correct
 
@@ -200,6 +217,15 @@ class PerplexityMetrics(Accumulator):
 
   def result(self):
     return {**super().result(), 'perplexity': metrics.perplexity(self.loss, self.count)}
+
+
+def source_lm_fields(rows: dict, predicts: np.ndarray, weight: float, pad_id: int) -> dict:
+  """The fields of `source_lm_weight`'s loss on packed rows: `source_weights` (`weight`
+  where `predicts`, the positions whose next token of the row is to be predicted, else 0)
+  and `source_targets` (that next token)."""
+  following = np.pad(rows['input_ids'][:, 1:], ((0, 0), (0, 1)), constant_values=pad_id)
+  return {'source_weights': np.where(predicts, weight, 0.0).astype(np.float32),
+          'source_targets': np.where(predicts, following, pad_id).astype(np.int32)}
 
 
 def verdict(decoded: str, source: str) -> str:

@@ -7,6 +7,14 @@ of a packed row (a [hidden, labels] product costs next to nothing) and the loss 
 at each segment's last token: per-example pooling, as Hugging Face's BLOOM classifier
 pools the last real token.
 
+With `source_lm_weight` w > 0 (causal attention only), training also predicts every
+token of an example from the ones before it (the text's tokens and </s>), each with
+weight w beside the label's 1:
+
+    L = (sum_label nll + w * sum_token nll) / examples
+
+Evaluation, and the loss it reports, stay on the label alone.
+
 With a `pos_tagger` (`bloom_jax.pos_features`), the text is encoded word by word, as
 tagging encodes it (each whitespace word's subwords, a space before all but the first),
 so that every token knows its word; for the byte-level BPE these are exactly the tokens
@@ -44,6 +52,7 @@ class Classification(base.TaskType):
   fields = {'text': 'text', 'label': 'text'}
   takes_stopwords = True
   takes_pos_tags = True
+  takes_source_lm = True
   metrics = ('accuracy', 'macro_f1')
   needs_labels = True
 
@@ -80,6 +89,15 @@ class Classification(base.TaskType):
     examples = packing.Examples(fields, lengths)
     return examples, {'length': full, 'truncated': full > task.max_length}
 
+  def rows(self, task, examples, pad_id, packed):
+    out = super().rows(task, examples, pad_id, packed)
+    if task.source_lm_weight:  # every position but an example's last predicts the next
+      segment = out['segment_ids']
+      predicts = np.pad((segment[:, :-1] == segment[:, 1:]) & (segment[:, :-1] > 0),
+                        ((0, 0), (0, 1)))
+      out.update(base.source_lm_fields(out, predicts, task.source_lm_weight, pad_id))
+    return out
+
   def target_values(self, task, rows) -> np.ndarray:
     """Each labelled row's target, read at its last token."""
     index = base.label_index(task)
@@ -101,7 +119,15 @@ class Classification(base.TaskType):
     return heads.LinearHead(model_cfg, len(task.labels), rngs=rngs)
 
   def logits(self, model, task, hidden, batch, dropout_key):
-    return model.heads[task.name](hidden, dropout_key)
+    """[B, S, labels] logits at every position; in training with a source loss,
+    {'target': those, 'source': [B, S, V] logits at every position}."""
+    logits = model.heads[task.name](hidden, dropout_key)
+    if task.source_lm_weight and dropout_key is not None:
+      return {'target': logits, 'source': model.bloom.logits(hidden)}
+    return logits
+
+  def vocab_positions(self, task):
+    return task.max_length if task.source_lm_weight else 0
 
   def accumulator(self, task):
     return ClassificationMetrics(len(task.labels))

@@ -33,7 +33,7 @@ on the target alone: with `source_lm_weight` it is a ConfigError.
 import jax.numpy as jnp
 import numpy as np
 
-from bloom_jax import copying, losses, metrics
+from bloom_jax import copying, metrics
 from bloom_jax.data import packing, text
 from bloom_jax.errors import ConfigError
 from bloom_jax.task_types import base
@@ -98,8 +98,8 @@ def check_decoding(task, key: str) -> None:
 
 
 def source_lm_fields(rows: dict, weight: float, pad_id: int) -> dict:
-  """`source_weights` (`weight` at every position whose next token is a source token) and
-  `source_targets` (that token) of packed rows whose `targets` hold every next token.
+  """`base.source_lm_fields` of packed rows: every position whose next token is a source
+  token predicts it.
 
   Each example's prefix `<s> source <sep>` is contiguous, so position i predicts a
   source token exactly when i, i+1 and i+2 lie in the prefix of one example: that
@@ -107,9 +107,7 @@ def source_lm_fields(rows: dict, weight: float, pad_id: int) -> dict:
   """
   prefix, segment = rows['prefix_mask'] > 0, rows['segment_ids']
   same = (segment[:, :-2] == segment[:, 2:]) & prefix[:, :-2] & prefix[:, 1:-1] & prefix[:, 2:]
-  predicts_source = np.pad(same, ((0, 0), (0, 2)))
-  return {'source_weights': np.where(predicts_source, weight, 0.0).astype(np.float32),
-          'source_targets': np.where(predicts_source, rows['targets'], pad_id).astype(np.int32)}
+  return base.source_lm_fields(rows, np.pad(same, ((0, 0), (0, 2))), weight, pad_id)
 
 
 class Generation(base.TaskType):
@@ -129,12 +127,6 @@ class Generation(base.TaskType):
     super().check(task, key)
     if not 1 <= task.target_length <= task.max_length - 4:
       raise ConfigError(f'{key}.max_target_length: must leave at least 4 tokens for the source')
-    if task.source_lm_weight < 0:
-      raise ConfigError(f'{key}.source_lm_weight: must be >= 0')
-    if task.source_lm_weight and task.attention != 'causal':
-      raise ConfigError(
-          f"{key}.source_lm_weight: needs {key}.attention='causal': read both ways, every "
-          'source token sees the one it is to predict')
     if task.copy and task.source_lm_weight:
       raise ConfigError(f'{key}.copy: not with {key}.source_lm_weight (the copy head '
                         'predicts target tokens only)')
@@ -222,18 +214,6 @@ class Generation(base.TaskType):
     if task.copy:
       return copying.packed_log_probs(model.heads[task.name], logits, hidden, batch)
     return logits
-
-  def losses(self, logits, batch):
-    """The target positions' terms, followed in training with a source loss by every
-    position's source term (weight 0 but where the next token is a source token)."""
-    if not isinstance(logits, dict):
-      return super().losses(logits, batch)
-    nll, weights, correct = super().losses(logits['target'], batch)
-    source_nll, _ = losses.token_nll(logits['source'], batch['source_targets'])
-    # Source predictions stay out of `correct`: the logged accuracy is the target's.
-    return (jnp.concatenate([nll, source_nll], axis=1),
-            jnp.concatenate([weights, batch['source_weights']], axis=1),
-            jnp.concatenate([correct, jnp.zeros_like(source_nll, bool)], axis=1))
 
   def generate(self, task, graphdef, state, prompt_ids, prompt_mask, **options):
     if task.copy:

@@ -20,6 +20,7 @@ class Regression(Classification):
   name = 'regression'
   metrics = ('pearson', 'spearman')
   needs_labels = False
+  takes_source_lm = False  # its loss is squared error on one score, not token logits
 
   def clean(self, task, row):
     row = super().clean(task, row)
