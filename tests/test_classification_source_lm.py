@@ -3,7 +3,8 @@
 In training, every token of an example is also predicted from the ones before it, weighted
 beside the label's term; evaluation, the logged accuracy and the prediction path are the
 label's alone. The loss needs causal attention, and packed rows give each example the
-loss it has alone.
+loss it has alone. The configuration checks here are those of both types that take the
+loss (generation's other tests: test_generation_options.py).
 """
 
 import functools
@@ -117,17 +118,22 @@ def test_packed_losses_equal_losses_alone(tok):
   np.testing.assert_allclose(packed, alone, atol=TOLERANCE * 10, rtol=TOLERANCE)
 
 
-def test_the_loss_needs_causal_attention_and_a_classifier():
+@pytest.mark.parametrize('name', ['sentiment', 'summarize'])  # classification, generation
+def test_the_loss_needs_causal_attention(name):
   entry = ml_collections.ConfigDict(dict(source_lm_weight=0.1))
-  with pytest.raises(ConfigError, match=r"tasks.sentiment.source_lm_weight: needs "
-                                        r"tasks.sentiment.attention='causal'"):
-    tasks.configure({'sentiment': entry})
+  with pytest.raises(ConfigError, match=rf"tasks.{name}.source_lm_weight: needs "
+                                        rf"tasks.{name}.attention='causal'"):
+    tasks.configure({name: entry})
   entry.attention = 'causal'
-  assert tasks.configure({'sentiment': entry})['sentiment'].source_lm_weight == 0.1
-  with pytest.raises(ConfigError, match='tasks.tagging.source_lm_weight: not for tagging'):
-    tasks.configure({'tagging': dict(source_lm_weight=0.1, attention='causal')})
-  with pytest.raises(ConfigError, match='tasks.sentiment.source_lm_weight: must be >= 0'):
-    tasks.configure({'sentiment': dict(source_lm_weight=-0.5, attention='causal')})
+  assert tasks.configure({name: entry})[name].source_lm_weight == 0.1
+  with pytest.raises(ConfigError, match=f'tasks.{name}.source_lm_weight: must be >= 0'):
+    tasks.configure({name: dict(source_lm_weight=-0.5, attention='causal')})
+
+
+def test_types_without_a_token_loss_refuse_it():
+  for name in ('tagging', 'lm'):
+    with pytest.raises(ConfigError, match=f'tasks.{name}.source_lm_weight: not for {name}'):
+      tasks.configure({name: dict(source_lm_weight=0.1, attention='causal')})
   scores = tasks.TaskSpec('scores', REGRESSION, source=None, attention='causal',
                           source_lm_weight=0.1)
   with pytest.raises(ConfigError, match='tasks.scores.source_lm_weight: not for regression'):

@@ -209,19 +209,6 @@ def test_packed_source_losses_equal_losses_alone(tok):
   np.testing.assert_allclose(packed, alone, atol=TOLERANCE * 10, rtol=TOLERANCE)
 
 
-def test_source_loss_needs_causal_attention():
-  entry = ml_collections.ConfigDict(dict(source_lm_weight=0.1))
-  with pytest.raises(ConfigError, match=r"tasks.summarize.source_lm_weight: needs "
-                                        r"tasks.summarize.attention='causal'"):
-    tasks.configure({'summarize': entry})
-  entry.attention = 'causal'
-  assert tasks.configure({'summarize': entry})['summarize'].source_lm_weight == 0.1
-  with pytest.raises(ConfigError, match='tasks.lm.source_lm_weight: not for'):
-    tasks.configure({'lm': dict(source_lm_weight=0.1, attention='causal')})
-  with pytest.raises(ConfigError, match='tasks.summarize.source_lm_weight: must be >= 0'):
-    tasks.configure({'summarize': dict(source_lm_weight=-1.0, attention='causal')})
-
-
 @pytest.mark.parametrize('attention', ['causal', 'prefix'])
 def test_no_source_prediction_sees_its_token(tok, attention):
   """Changing a source token changes no source prediction before it under the causal
