@@ -343,32 +343,54 @@ def meets(value: float, goal: dict) -> bool:
   return value >= goal['value'] if goal['comparison'] == '>=' else value <= goal['value']
 
 
-def cell(stats: dict | None, units: str, goal: dict | None) -> str:
-  """'mean (min-max)', in bold when the mean meets the target."""
+def seeds_named(seeds, all_seeds) -> str:
+  """'seed 0' or 'seeds 0, 2' when `seeds` are not all of the table's; else ''."""
+  seeds = sorted(seeds, key=int)
+  if len(seeds) == len(all_seeds):
+    return ''
+  return f'seed{"s" if len(seeds) > 1 else ""} {", ".join(seeds)}'
+
+
+def cell(stats: dict | None, units: str, goal: dict | None, all_seeds) -> str:
+  """'mean (min-max)', in bold when the mean meets the target, and the seeds behind it
+  when they are not all of the table's."""
   if stats is None:
     return 'n/a'
   text = number(stats['mean'], units)
   if len(stats['per_seed']) > 1:
     text += f' ({number(stats["min"], units)}-{number(stats["max"], units)})'
-  return f'**{text}**' if goal and meets(stats['mean'], goal) else text
+  text = f'**{text}**' if goal and meets(stats['mean'], goal) else text
+  named = seeds_named(stats['per_seed'], all_seeds)
+  return f'{text} ({named})' if named else text
 
 
 def difference(entry: dict, split: str, kind: str) -> str:
+  """The mixture's mean minus `kind`'s over the seeds both have: a kind run for fewer
+  seeds is compared with the mixture's runs of the same seeds, named."""
   if 'multi' not in entry or kind not in entry:
     return 'n/a'
-  d = entry['multi'][split]['mean'] - entry[kind][split]['mean']
+  multi, other = entry['multi'][split]['per_seed'], entry[kind][split]['per_seed']
+  seeds = [seed for seed in multi if seed in other]
+  if not seeds:
+    return 'n/a'
+  d = (statistics.mean(multi[seed] for seed in seeds)
+       - statistics.mean(other[seed] for seed in seeds))
+  named = seeds_named(seeds, multi)
   if not d:
-    return '0'
+    return f'0 ({named})' if named else '0'
   better = (d > 0) == (entry['better'] == 'higher')
-  return f'{number(d, entry["units"], signed=True)} ({"better" if better else "worse"})'
+  words = ', '.join(filter(None, ['better' if better else 'worse', named]))
+  return f'{number(d, entry["units"], signed=True)} ({words})'
 
 
 def results_table(models: dict) -> list[str]:
   header = ['dataset', 'metric', 'split', 'target', 'baseline', *KINDS.values(),
             'multi - single, data-matched', 'multi - single, equal compute']
-  lines = [prose(f'Mean over seeds {", ".join(map(str, models["seeds"]))}, (min-max) in '
-                 'brackets; in bold where the mean meets the target. Accuracies in %. The '
-                 'baseline is the best classic one (below). Multi - single compares the means.'),
+  seeds = [str(seed) for seed in models['seeds']]
+  lines = [prose(f'Mean over seeds {", ".join(seeds)}, (min-max) in brackets; in bold where '
+                 'the mean meets the target; a column run for fewer seeds names them. '
+                 'Accuracies in %. The baseline is the best classic one (below). Multi - '
+                 'single compares the means over the seeds both have.'),
            '',
            '| ' + ' | '.join(header) + ' |', '| --- ' * len(header) + '|']
   for entry in models['tasks'].values():
@@ -378,7 +400,8 @@ def results_table(models: dict) -> list[str]:
       cells = [entry['dataset'], LABELS[entry['metric']], split,
                f'{goal["comparison"]} {number(goal["value"], units)}' if goal else '-',
                number(base['value'], units) if base else 'n/a',
-               *(cell(entry[k][split] if k in entry else None, units, goal) for k in KINDS),
+               *(cell(entry[k][split] if k in entry else None, units, goal, seeds)
+                 for k in KINDS),
                difference(entry, split, 'single'), difference(entry, split, 'single_equal_compute')]
       lines.append('| ' + ' | '.join(cells) + ' |')
   return lines
