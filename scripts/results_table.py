@@ -387,7 +387,7 @@ def results_table(models: dict) -> list[str]:
   header = ['dataset', 'metric', 'split', 'target', 'baseline', *KINDS.values(),
             'multi - single, data-matched', 'multi - single, equal compute']
   seeds = [str(seed) for seed in models['seeds']]
-  lines = [prose(f'Mean over seeds {", ".join(seeds)}, (min-max) in brackets; in bold where '
+  lines = [prose(f'Mean over seeds {", ".join(seeds)}; (min-max) in brackets, in bold where '
                  'the mean meets the target; a column run for fewer seeds names them. '
                  'Accuracies in %. The baseline is the best classic one (below). Multi - '
                  'single compares the means over the seeds both have.'),
