@@ -64,6 +64,15 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
   return (index - start) * (segment_ids > 0)
 
 
+def segment_mean(values: jax.Array, segment_ids: jax.Array) -> jax.Array:
+  """[B, S, D] values, [B, S] segment ids (0: padding) -> at each position, the mean of
+  `values` over its segment (0 at padding)."""
+  same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
+  same = same.astype(values.dtype)
+  total = jnp.einsum('bqk,bkd->bqd', same, values)
+  return total / jnp.maximum(same.sum(-1, keepdims=True), 1)
+
+
 def alibi_bias(key_positions: jax.Array, n_head: int) -> jax.Array:
   """[B, K] key positions -> [B, n_head, 1, K] float32 bias, BLOOM's causal form.
 

@@ -51,6 +51,8 @@ class TaskSpec:
                                    #   ((name, value), ...) (config: a mapping; (): greedy)
   copy: bool = False               # generation: a copy head, which mixes copying source
                                    #   tokens into the output distribution (pointer-generator)
+  pooling: str = 'last'            # classification, regression: the label is read from the
+                                   #   last token's state ('last') or the example's mean ('mean')
   rate: float = 1.0
   loss_weight: float = 1.0
   batch_size: int = 0              # global rows per step, set from the mixture
@@ -131,10 +133,12 @@ REGISTRY: dict[str, TaskSpec] = {t.name: t for t in [
 ]}
 
 CONFIG_KEYS = ('rate', 'loss_weight', 'max_length', 'max_target_length', 'stopwords',
-               'attention', 'labels', 'pos_tagger', 'source_lm_weight', 'decoding', 'copy')
+               'attention', 'labels', 'pos_tagger', 'source_lm_weight', 'decoding', 'copy',
+               'pooling')
 FIELD_TYPES = {'rate': (int, float), 'loss_weight': (int, float), 'max_length': (int,),
                'max_target_length': (int,), 'stopwords': (bool,), 'attention': (str,),
-               'pos_tagger': (str,), 'source_lm_weight': (int, float), 'copy': (bool,)}
+               'pos_tagger': (str,), 'source_lm_weight': (int, float), 'copy': (bool,),
+               'pooling': (str,)}
 # The keys that declare a task in the config alone (`type`, `reader` and `files` required).
 DECLARE_KEYS = ('type', 'reader', 'files', 'options', 'holdout', 'holdout_seed', 'description')
 SPLITS = ('train', 'validation', 'test')

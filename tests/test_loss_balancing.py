@@ -184,7 +184,7 @@ def test_an_unknown_method_is_a_config_error_naming_the_choices():
     config_lib.validate(config)
 
 
-def test_the_ablation_sweep_covers_every_method_with_two_seeds():
+def test_the_ablation_sweep_covers_every_method_with_two_seeds_or_one():
   trials = definitions.name_trials(real_multitask.get_sweep())
   assert len(trials) == 2 * len(steps.LOSS_BALANCING)
   assert trials[2].name == 'loss_balancing=gradnorm_per_task,seed=0'
@@ -193,6 +193,9 @@ def test_the_ablation_sweep_covers_every_method_with_two_seeds():
       config = definitions.resolve(real_multitask.get_config(arg), trial.overrides)
       config_lib.validate(config)
   assert real_multitask.get_config('steps=450').eval_every == 150
+  one_seed = definitions.name_trials(real_multitask.get_sweep('seed=1'))  # one seed's half
+  assert [t.overrides for t in one_seed] == [
+      {'loss_balancing': m, 'seed': 1} for m in steps.LOSS_BALANCING]
   rates = definitions.name_trials(real_multitask.get_sweep('sweep=lr'))
   assert [t.overrides for t in rates] == [
       {'optimizer.learning_rate': r, 'seed': 0} for r in (1e-3, 2e-3, 4e-3)]

@@ -26,6 +26,8 @@ from bloom_jax import decoding, losses, metrics
 from bloom_jax.data import packing
 from bloom_jax.errors import ConfigError
 
+POOLING = ('last', 'mean')  # `pooling`: which states a label is read from
+
 
 class TaskType(abc.ABC):
   name = ''
@@ -43,6 +45,7 @@ class TaskType(abc.ABC):
                                  #   applies to it
   takes_decoding = False         # `decoding` (evaluation's decoding options) applies to it
   takes_copy = False             # `copy` (a copy head: tokens copied from the input) applies
+  takes_pooling = False          # `pooling` (which states the label is read from) applies
 
   def __repr__(self) -> str:  # stable across processes: it goes into data fingerprints
     return f'task_types.{self.name}'
@@ -71,6 +74,10 @@ class TaskType(abc.ABC):
       raise ConfigError(f'{key}.decoding: not for {self.name} tasks')
     if task.copy and not self.takes_copy:
       raise ConfigError(f'{key}.copy: not for {self.name} tasks')
+    if task.pooling not in POOLING:
+      raise ConfigError(f'{key}.pooling: {task.pooling!r} is not one of {POOLING}')
+    if task.pooling != 'last' and not self.takes_pooling:
+      raise ConfigError(f'{key}.pooling: not for {self.name} tasks')
 
   # ------------------------------------------------------------------ data
 

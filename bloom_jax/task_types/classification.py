@@ -5,7 +5,10 @@
 The head is a linear layer on the trunk's final states. It is applied at every position
 of a packed row (a [hidden, labels] product costs next to nothing) and the loss reads it
 at each segment's last token: per-example pooling, as Hugging Face's BLOOM classifier
-pools the last real token.
+pools the last real token. With `pooling='mean'` the logits read there are instead the
+mean over the example's tokens (<s> and </s> included), which, the head being linear, is
+the head applied to the mean of the example's states: every token's state then reaches
+the label directly, not only through the attention of the last one.
 
 With `source_lm_weight` w > 0 (causal attention only), training also predicts every
 token of an example from the ones before it (the text's tokens and </s>), each with
@@ -23,7 +26,7 @@ of the whole text. Each token then carries its word's tag in `pos_tags` (0 at <s
 
 import numpy as np
 
-from bloom_jax import heads, metrics
+from bloom_jax import heads, layers, metrics
 from bloom_jax.data import packing, text
 from bloom_jax.task_types import base, tagging
 
@@ -53,6 +56,7 @@ class Classification(base.TaskType):
   takes_stopwords = True
   takes_pos_tags = True
   takes_source_lm = True
+  takes_pooling = True
   metrics = ('accuracy', 'macro_f1')
   needs_labels = True
 
@@ -121,10 +125,15 @@ class Classification(base.TaskType):
   def logits(self, model, task, hidden, batch, dropout_key):
     """[B, S, labels] logits at every position; in training with a source loss,
     {'target': those, 'source': [B, S, V] logits at every position}."""
-    logits = model.heads[task.name](hidden, dropout_key)
+    logits = self.head_outputs(model, task, hidden, batch, dropout_key)
     if task.source_lm_weight and dropout_key is not None:
       return {'target': logits, 'source': model.bloom.logits(hidden)}
     return logits
+
+  def head_outputs(self, model, task, hidden, batch, dropout_key):
+    """The head at every position, or with `pooling='mean'` its mean over each example."""
+    out = model.heads[task.name](hidden, dropout_key)
+    return layers.segment_mean(out, batch['segment_ids']) if task.pooling == 'mean' else out
 
   def vocab_positions(self, task):
     return task.max_length if task.source_lm_weight else 0

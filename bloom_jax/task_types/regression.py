@@ -47,7 +47,7 @@ class Regression(Classification):
     return heads.LinearHead(model_cfg, 1, rngs=rngs)
 
   def logits(self, model, task, hidden, batch, dropout_key):
-    return model.heads[task.name](hidden, dropout_key)[..., 0]
+    return self.head_outputs(model, task, hidden, batch, dropout_key)[..., 0]
 
   def losses(self, logits, batch):
     error = logits - batch['targets'].astype(jnp.float32)
