@@ -1,10 +1,14 @@
-"""Classification's source loss: `source_lm_weight` on a text classifier.
+"""Two options of a text classifier: its source loss and its pooling.
 
-In training, every token of an example is also predicted from the ones before it, weighted
-beside the label's term; evaluation, the logged accuracy and the prediction path are the
-label's alone. The loss needs causal attention, and packed rows give each example the
+`source_lm_weight`: in training, every token of an example is also predicted from the ones
+before it, weighted beside the label's term; evaluation, the logged accuracy and the
+prediction path are the label's alone. The loss needs causal attention, and packed rows give each example the
 loss it has alone. The configuration checks here are those of both types that take the
 loss (generation's other tests: test_generation_options.py).
+
+`pooling`: 'last' (the default) reads the head at each example's last token; 'mean' reads
+the head's mean over the example's tokens, which for a linear head is the head of the mean
+state. Packed rows give each example exactly what it gets alone.
 """
 
 import functools
@@ -16,7 +20,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bloom_jax import losses, steps, tasks, tokenizer
+from bloom_jax import layers, losses, steps, tasks, tokenizer
 from bloom_jax.errors import ConfigError
 from bloom_jax.model import BloomConfig
 from bloom_jax.multitask_model import MultiTaskModel
@@ -42,6 +46,10 @@ def _task(**fields):
   fields = {'attention': 'causal', **fields}
   return tasks.TaskSpec('t', CLASSIFICATION, source=None, labels=('negative', 'positive'),
                         max_length=24, **fields)
+
+
+def _pooled(pooling):
+  return _task(attention='bidirectional', pooling=pooling)
 
 
 def _batch(task, tok, packed=True):
@@ -138,3 +146,65 @@ def test_types_without_a_token_loss_refuse_it():
                           source_lm_weight=0.1)
   with pytest.raises(ConfigError, match='tasks.scores.source_lm_weight: not for regression'):
     REGRESSION.check(scores, 'tasks.scores')
+
+
+def test_segment_mean_averages_each_segment_and_zeroes_padding():
+  segment_ids = np.array([[1, 1, 2, 2, 2, 0], [0, 1, 1, 0, 2, 3]])  # padding between, too
+  values = np.random.default_rng(0).normal(size=(2, 6, 3)).astype(np.float32)
+  want = np.zeros_like(values)
+  for b, row in enumerate(segment_ids):
+    for k in set(row[row > 0].tolist()):
+      want[b, row == k] = values[b, row == k].mean(0)
+  got = jax.jit(layers.segment_mean)(jnp.asarray(values), jnp.asarray(segment_ids))
+  np.testing.assert_allclose(np.asarray(got), want, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_mean_pooling_reads_the_head_of_each_examples_mean_state(tok):
+  rows, batch = _batch(_pooled('mean'), tok)
+  model = _model(tok.vocab_size)
+  hidden, _ = model.bloom.hidden_states(batch['input_ids'], segment_ids=batch['segment_ids'],
+                                        mode='bidirectional')
+  hidden = np.asarray(hidden)
+  mean_logits = np.asarray(model(_pooled('mean'), batch))
+  last_logits = np.asarray(model(_pooled('last'), batch))
+  checked = 0
+  for r, segments in enumerate(rows['segment_ids']):
+    for k in range(1, segments.max() + 1):
+      at = np.flatnonzero(segments == k)
+      assert rows['weights'][r, at[-1]] == 1  # the label is read at the last token
+      want = model.heads['t'](jnp.asarray(hidden[r, at].mean(0))[None, None], None)
+      np.testing.assert_allclose(mean_logits[r, at[-1]], np.asarray(want)[0, 0],
+                                 rtol=TOLERANCE, atol=TOLERANCE)
+      checked += 1
+  assert checked == len(ROWS)
+  scored = rows['weights'] > 0
+  assert not np.allclose(mean_logits[scored], last_logits[scored])
+
+
+@pytest.mark.parametrize('pooling', ['last', 'mean'])
+def test_packed_examples_get_the_logits_they_get_alone(tok, pooling):
+  model = _model(tok.vocab_size)
+
+  def scored(packed):
+    rows, batch = _batch(_pooled(pooling), tok, packed)
+    logits = np.asarray(model(_pooled(pooling), batch))
+    return sorted(logits[rows['weights'] > 0].tolist()), len(rows['weights'])
+
+  packed, packed_rows = scored(True)
+  alone, alone_rows = scored(False)
+  assert packed_rows < alone_rows
+  np.testing.assert_allclose(packed, alone, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_pooling_is_checked_by_name_and_task_type():
+  with pytest.raises(ConfigError, match=r"tasks.sentiment.pooling: 'max' is not one of"):
+    tasks.configure({'sentiment': dict(pooling='max')})
+  assert tasks.configure({'sentiment': dict(pooling='mean')})['sentiment'].pooling == 'mean'
+  assert tasks.configure({'sentiment': {}})['sentiment'].pooling == 'last'
+  for name in ('tagging', 'lm', 'summarize'):
+    with pytest.raises(ConfigError, match=f'tasks.{name}.pooling: not for'):
+      tasks.configure({name: dict(pooling='mean')})
+  with pytest.raises(ConfigError, match='tasks.sentiment.pooling: expected str'):
+    tasks.configure({'sentiment': dict(pooling=1)})
+  scores = tasks.TaskSpec('scores', REGRESSION, source=None, pooling='mean')
+  REGRESSION.check(scores, 'tasks.scores')  # regression reads its score the same ways
