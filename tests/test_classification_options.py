@@ -2,9 +2,9 @@
 
 `source_lm_weight`: in training, every token of an example is also predicted from the ones
 before it, weighted beside the label's term; evaluation, the logged accuracy and the
-prediction path are the label's alone. The loss needs causal attention, and packed rows give each example the
-loss it has alone. The configuration checks here are those of both types that take the
-loss (generation's other tests: test_generation_options.py).
+prediction path are the label's alone. The loss needs causal attention, and packed rows
+give each example the loss it has alone. The configuration checks here are those of both
+types that take the loss (generation's other tests: test_generation_options.py).
 
 `pooling`: 'last' (the default) reads the head at each example's last token; 'mean' reads
 the head's mean over the example's tokens, which for a linear head is the head of the mean
