@@ -128,6 +128,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if not config.optimizer.clip_norm > 0:  # 0 would zero every update
     raise ConfigError(f'optimizer.clip_norm: must be > 0 (a large value turns clipping off), '
                       f'got {config.optimizer.clip_norm!r}')
+  ema_decay = config.optimizer.get('ema_decay', 0.0)
+  if (isinstance(ema_decay, bool) or not isinstance(ema_decay, int | float)
+      or not 0 <= ema_decay < 1):
+    raise ConfigError(f'optimizer.ema_decay: must be in [0, 1) (0: no moving average), '
+                      f'got {ema_decay!r}')
   balancing = config.get('loss_balancing', 'static')
   if balancing not in LOSS_BALANCING:
     raise ConfigError(f'loss_balancing: must be one of {", ".join(LOSS_BALANCING)}, '

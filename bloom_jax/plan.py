@@ -265,8 +265,10 @@ def make_plan(config, config_name: str, topology: Topology, mesh_config: dict, b
     error = ' '.join(str(e).split('See https://')[0].split())
   t2 = time.perf_counter()
 
+  # The parameters' moving average (optimizer.ema_decay) counts as optimizer state.
+  opt_state = {k: state[k] for k in ('opt_state', 'ema_params') if k in state}
   per_device = {'params': shard_bytes(state['params']),
-                'opt_state': shard_bytes(state['opt_state']),
+                'opt_state': shard_bytes(opt_state),
                 'batch': shard_bytes(batch_arrays), 'temp': None, 'peak': None}
   if compiled is not None:
     m = compiled.memory_analysis()
@@ -291,7 +293,7 @@ def make_plan(config, config_name: str, topology: Topology, mesh_config: dict, b
                 'n_layer': cfg.n_layer, 'n_head': cfg.n_head, 'vocab_size': cfg.vocab_size,
                 'dtype': cfg.dtype, 'param_dtype': cfg.param_dtype, 'remat': cfg.remat},
       'total_bytes': {'params': total_bytes(state['params']),
-                      'opt_state': total_bytes(state['opt_state'])},
+                      'opt_state': total_bytes(opt_state)},
       'bytes_per_device': per_device,
       'model_flops_per_step': model_flops,
       'model_flops_per_device': model_flops / len(devices),

@@ -174,8 +174,9 @@ def _tokenizer(tagger: Tagger) -> tokenizer.Tokenizer:
 def _restore_params(tagger: Tagger, target: dict) -> dict:
   """The tagger's trunk and tagging head from its checkpoint, as numpy arrays.
 
-  A partial restore of the train state's `params`: the run's other heads and the
-  optimizer state stay on disk.
+  A partial restore of the parameters the run is evaluated with (`steps.inference_params`:
+  their moving average if it kept one): the run's other heads and the optimizer state
+  stay on disk.
   """
   import orbax.checkpoint as ocp  # noqa: PLC0415 - Orbax loads only where a tagger is used
 
@@ -183,7 +184,8 @@ def _restore_params(tagger: Tagger, target: dict) -> dict:
   restore_args = jax.tree.map(lambda x: ocp.RestoreArgs(restore_type=np.ndarray, dtype=x.dtype),
                               target)
   with ocp.PyTreeCheckpointer() as checkpointer:
+    key = 'ema_params' if tagger.config.get('optimizer', {}).get('ema_decay') else 'params'
     restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        item={'params': target}, restore_args={'params': restore_args}, partial_restore=True))
-  return restored['params']
+        item={key: target}, restore_args={key: restore_args}, partial_restore=True))
+  return restored[key]
 

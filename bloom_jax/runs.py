@@ -63,6 +63,9 @@ def build(config, tasks: dict, vocab_size: int, mesh) -> Setup:
   replicated = sharding.replicated(mesh)
   state_shardings = {'params': param_shardings, 'opt_state': opt_shardings,
                      'step': replicated, 'nonfinite': replicated}
+  ema_decay = float(config.optimizer.get('ema_decay', 0.0))  # runs saved before the key: 0
+  if ema_decay:
+    state_shardings['ema_params'] = param_shardings
 
   def init_train_state():
     params = init_params()
@@ -70,12 +73,18 @@ def build(config, tasks: dict, vocab_size: int, mesh) -> Setup:
       params = _with_hf_trunk(params, config.model.init_from_hf, param_shardings)
     counters = jax.device_put({'step': np.zeros((), np.int32),
                                'nonfinite': np.full((2,), -1, np.int32)}, replicated)
-    return {'params': params, 'opt_state': init_opt(params), **counters}
+    state = {'params': params, 'opt_state': init_opt(params), **counters}
+    if ema_decay:  # a copy, not an alias: the step donates (and so overwrites) both
+      state['ema_params'] = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
+                                    out_shardings=param_shardings)(params)
+    return state
 
   def abstract_train_state():
     shapes = {'params': abstract_params, 'opt_state': jax.eval_shape(init_opt, abstract_params),
               'step': jax.ShapeDtypeStruct((), jnp.int32),
               'nonfinite': jax.ShapeDtypeStruct((2,), jnp.int32)}
+    if ema_decay:
+      shapes['ema_params'] = abstract_params
     return checkpointing.abstract_like(shapes, state_shardings)
 
   ordered = tuple(tasks.values())
@@ -84,7 +93,7 @@ def build(config, tasks: dict, vocab_size: int, mesh) -> Setup:
       optimizer=optimizer,
       schedule=optim.learning_rate_schedule(config.optimizer, config.total_steps),
       seed=config.seed, grad_accum=config.optimizer.grad_accum, balancing=balancing,
-      max_gain=float(config.get('gradnorm_max_gain', 0.0)))
+      max_gain=float(config.get('gradnorm_max_gain', 0.0)), ema_decay=ema_decay)
   train_step = jax.jit(
       compat.traced_under(mesh, step),  # the activations' sharding constraints apply
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
@@ -124,7 +133,8 @@ def prepare_data(config, workdir: str, mesh) -> pipeline.Pipeline:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """A trained run restored from its workdir."""
+  """A trained run restored from its workdir; `params` are those it is evaluated with
+  (the moving average if the run kept one, `steps.inference_params`)."""
 
   config: ml_collections.ConfigDict
   pipe: pipeline.Pipeline
@@ -156,4 +166,4 @@ def load_run(workdir: str, step: int | None = None) -> Run:
   setup = build(config, pipe.tasks, pipe.tokenizer.vocab_size, mesh)
   state, _ = ckpt.restore(step, setup.abstract_train_state())
   ckpt.close()
-  return Run(config, pipe, setup, mesh, state['params'], step)
+  return Run(config, pipe, setup, mesh, steps.inference_params(state), step)

@@ -8,10 +8,12 @@ each task's gradient to a common norm before summing (`max_gain` caps how far a 
 one is scaled up); 'uncertainty' learns a log-variance s_t per task,
 sum_t w_t * (exp(-s_t) * L_t + s_t / 2).
 
-The train state is a plain pytree {params, opt_state, step, nonfinite}; the model is
-rebuilt from (graphdef, params) inside the trace, so nothing walks Python objects per
-step. A non-finite loss or gradient never reaches the parameters: the update is skipped
-and `nonfinite` records the first step where it happened and the task whose loss or
+The train state is a plain pytree {params, opt_state, step, nonfinite}, plus `ema_params`
+when `optimizer.ema_decay` > 0: a moving average of the parameters that evaluation,
+prediction and export read instead (`inference_params`). The model is rebuilt from
+(graphdef, params) inside the trace, so nothing walks Python objects per step. A
+non-finite loss or gradient never reaches the parameters: the update is skipped and
+`nonfinite` records the first step where it happened and the task whose loss or
 gradient was non-finite, for the host to report.
 """
 
@@ -144,8 +146,26 @@ def _micro_batches(batch, n):
       lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
+def inference_params(state: dict) -> dict:
+  """The parameters a trained state is evaluated with: their moving average if it has one."""
+  return state.get('ema_params', state['params'])
+
+
+def ema_update(average, params, step, decay):
+  """One step of the parameters' exponential moving average (Polyak averaging).
+
+  The decay ramps up as min(decay, (1 + t) / (10 + t)), the schedule of TensorFlow's
+  ExponentialMovingAverage with `num_updates`: early on the average follows the
+  parameters closely instead of holding on to their random initialisation: the horizon
+  1 / (1 - d) is at most (10 + t) / 9 steps.
+  """
+  t = step.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+  return jax.tree.map(lambda a, p: (d * a + (1.0 - d) * p).astype(a.dtype), average, params)
+
+
 def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, schedule,
-               seed, grad_accum, balancing='static', max_gain=0.0):
+               seed, grad_accum, balancing='static', max_gain=0.0, ema_decay=0.0):
   step = state['step']
   dropout_key = jax.random.fold_in(jax.random.key(seed), step)
   counts = {t.name: jnp.sum(batch[t.name]['weights'].astype(jnp.float32)) for t in tasks}
@@ -222,6 +242,8 @@ def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, sche
       'step': step + 1,
       'nonfinite': nonfinite,
   }
+  if ema_decay:
+    new_state['ema_params'] = ema_update(state['ema_params'], new_params, step, ema_decay)
   metrics = {'loss': loss, 'grad_norm': grad_norm, 'learning_rate': schedule(step),
              'skipped': (~finite).astype(jnp.int32)}
   for name, s in stats.items():

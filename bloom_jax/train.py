@@ -34,6 +34,7 @@ from bloom_jax import (
   reporting,
   runs,
   sharding,
+  steps,
   workdir_lock,
 )
 from bloom_jax.errors import ConfigError, NonFiniteError
@@ -141,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
       eval_metrics, improved = None, False
       if step % config.eval_every == 0 or step == config.total_steps:
-        eval_metrics = evaluator.evaluate(state['params'], 'validation')
+        eval_metrics = evaluator.evaluate(steps.inference_params(state), 'validation')
         last_line = final_eval = _write(writer, metrics_file, {'step': step, **eval_metrics})
         if best is not None:
           improved = best.update(step, eval_metrics)
@@ -214,9 +215,9 @@ def _tokens(local_batch, nonpad: bool = False) -> int:
 def _evaluate_test_split(evaluator, ckpt, setup, state, final_step, step, workdir):
   """(step, metrics, path) of checkpoint `step` on every task's whole test split; the
   metrics go to DIR/eval/test_<step>.json when `workdir` is given (process 0)."""
-  params = state['params']
+  params = steps.inference_params(state)
   if step != final_step:
-    params = ckpt.restore(step, setup.abstract_train_state())[0]['params']
+    params = steps.inference_params(ckpt.restore(step, setup.abstract_train_state())[0])
   results = evaluator.evaluate(params, 'test', max_examples=0, prefix='test')
   path = reporting.write_eval(workdir, 'test', step, results) if workdir and results else None
   return step, results, path

@@ -95,4 +95,6 @@ def get_config(arg=None):
   c.optimizer.b2 = 0.98
   c.optimizer.clip_norm = 1.0
   c.optimizer.grad_accum = 1       # micro-batches per update
+  c.optimizer.ema_decay = 0.0      # > 0: evaluate, predict and export a moving average of the
+                                   #   parameters with this decay (0: the parameters)
   return c
