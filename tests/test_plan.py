@@ -40,7 +40,9 @@ def plans(tmp_path_factory):
   return {mesh: _planned(tmp, mesh, '--topology', 'cpu-8', '--chip', 'v5e', '--mfu', '0.5',
                          '--mesh', f'data={8 if mesh == "data" else 1},'
                                    f'fsdp={8 if mesh == "fsdp" else 1},tensor=1')
-          for mesh in ('data', 'fsdp')}
+          for mesh in ('data', 'fsdp')} | {
+      'ema': _planned(tmp, 'ema', '--topology', 'cpu-8', '--mesh', 'data=1,fsdp=8,tensor=1',
+                      '--config.optimizer.ema_decay=0.99')}
 
 
 def test_a_plan_reports_every_field_consistently(plans):
@@ -61,6 +63,14 @@ def test_a_plan_reports_every_field_consistently(plans):
   assert p['step_s'] == pytest.approx(p['model_flops_per_step'] / (0.5 * 197e12 * 8))
   assert p['tokens_per_s'] * p['step_s'] == pytest.approx(16 * 32)
   assert 'VERDICT: FITS' in stdout and 'simulated CPU devices' in stdout
+
+
+def test_the_parameters_moving_average_is_counted_with_the_optimizer_state(plans):
+  plain, ema = plans['fsdp'][0]['bytes_per_device'], plans['ema'][0]['bytes_per_device']
+  assert ema['params'] == plain['params']
+  assert ema['opt_state'] == plain['opt_state'] + plain['params']
+  # ...and it is in the step's arguments: nothing the step holds goes uncounted.
+  assert ema['xla_argument'] - (ema['params'] + ema['opt_state'] + ema['batch']) < 1024
 
 
 def test_fsdp_shards_parameters_and_moments_that_data_parallelism_replicates(plans):
