@@ -12,6 +12,7 @@ lives in bloom_jax/reporting.py.
 """
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -58,6 +59,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                       best_metric=config.get('best_metric', ''),
                                       best_mode=config.get('best_mode', 'max'))
     cleanup.callback(ckpt.close)  # also on errors: in-flight saves of good states finish
+    _check_same_state(config, ckpt, workdir)
 
     # ---------------------------------------------------------------------- input
     pipe = runs.prepare_data(config, workdir, mesh)  # also completes the config's tasks
@@ -229,6 +231,34 @@ def _peak_flops(config, mesh) -> tuple[float, str]:
   if given:
     return given * 1e12, 'peak_tflops_per_device in the config'
   return flops.device_peak(mesh.devices.flat[0], config.model.dtype)
+
+
+# Keys whose value decides which arrays the train state holds: ema_params, and the
+# uncertainty method's log-variances among the parameters.
+_STATE_KEYS = {
+    'optimizer.ema_decay': lambda c: bool(c.get('optimizer', {}).get('ema_decay', 0.0)),
+    'loss_balancing': lambda c: c.get('loss_balancing', 'static') == 'uncertainty',
+}
+
+
+def _check_same_state(config, ckpt, workdir: str) -> None:
+  """A resumed run must build the state its checkpoints hold: a key that adds or removes
+  part of it is a ConfigError naming the key, before anything is written."""
+  step = ckpt.latest_step()
+  if step is None:
+    return
+  try:
+    saved = ckpt.restore_config(step)
+  except Exception:  # noqa: BLE001 - a damaged checkpoint: restore_latest reports it
+    return
+  current = config.to_dict()
+  value = lambda c, key: functools.reduce(lambda d, k: d.get(k, {}), key.split('.'), c)
+  for key, holds in _STATE_KEYS.items():
+    if holds(saved) != holds(current):
+      raise ConfigError(
+          f'{key}: {workdir} holds a run saved with {value(saved, key)!r}, and '
+          f'{value(current, key)!r} changes which arrays its train state holds; resume with '
+          'the saved value or train in a new workdir')
 
 
 def _check_run_keys(config) -> None:

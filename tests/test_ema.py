@@ -3,6 +3,7 @@ state. It follows its recurrence, leaves training as it is, checkpoints and resu
 exactly, and is what evaluation, prediction, export and a POS tagger read."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -131,3 +132,19 @@ def test_a_tagger_run_tags_with_its_average(averaged):
   tagger = pos_features.Tagger(where, step, task=run.pipe.tasks['tagging'], config=config)
   restored = pos_features._restore_params(tagger, compat.to_pure_dict(run.setup.abstract_state))
   jax.tree.map(np.testing.assert_array_equal, restored, state['ema_params'])
+
+
+@pytest.mark.parametrize('change', [dict(ema_decay=0.5), dict(loss_balancing='uncertainty')])
+def test_resuming_with_another_state_is_refused_naming_the_key(averaged, change):
+  plain = averaged[0]
+  before = {p: open(os.path.join(plain, p), 'rb').read() for p in ('config.json',
+                                                                   'metrics.jsonl')}
+  config = _config(**{k: v for k, v in change.items() if k == 'ema_decay'})
+  config.update({k: v for k, v in change.items() if k != 'ema_decay'})
+  config.total_steps = 8
+  key = 'optimizer.ema_decay' if 'ema_decay' in change else 'loss_balancing'
+  with pytest.raises(ConfigError, match=rf'{key}: {plain} holds a run saved with'):
+    train.train_and_evaluate(config, plain)
+  # Nothing saved was touched: the run resumes with its own config.
+  assert {p: open(os.path.join(plain, p), 'rb').read() for p in before} == before
+  assert sorted(os.listdir(os.path.join(plain, 'checkpoints'))) == ['4', '6']
