@@ -103,6 +103,12 @@ def _vocabulary_mismatch(hf_dir: str, rows: int, config, tokens: int) -> str:
           f'only by padding, fewer than {VOCAB_PADDING})')
 
 
+def keeps_average(config) -> bool:
+  """Whether a run's train state holds the parameters' moving average (`ema_params`,
+  optimizer.ema_decay > 0); `config` a ConfigDict or a saved config's dict."""
+  return bool((config.get('optimizer') or {}).get('ema_decay', 0.0))
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ConfigError naming the first key that cannot work."""
   for key in REQUIRED:

@@ -184,7 +184,7 @@ def _restore_params(tagger: Tagger, target: dict) -> dict:
   restore_args = jax.tree.map(lambda x: ocp.RestoreArgs(restore_type=np.ndarray, dtype=x.dtype),
                               target)
   with ocp.PyTreeCheckpointer() as checkpointer:
-    key = 'ema_params' if tagger.config.get('optimizer', {}).get('ema_decay') else 'params'
+    key = 'ema_params' if config_lib.keeps_average(tagger.config) else 'params'
     restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
         item={key: target}, restore_args={key: restore_args}, partial_restore=True))
   return restored[key]

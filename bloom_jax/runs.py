@@ -63,8 +63,8 @@ def build(config, tasks: dict, vocab_size: int, mesh) -> Setup:
   replicated = sharding.replicated(mesh)
   state_shardings = {'params': param_shardings, 'opt_state': opt_shardings,
                      'step': replicated, 'nonfinite': replicated}
-  ema_decay = float(config.optimizer.get('ema_decay', 0.0))  # runs saved before the key: 0
-  if ema_decay:
+  averaged = config_lib.keeps_average(config)
+  if averaged:
     state_shardings['ema_params'] = param_shardings
 
   def init_train_state():
@@ -74,7 +74,7 @@ def build(config, tasks: dict, vocab_size: int, mesh) -> Setup:
     counters = jax.device_put({'step': np.zeros((), np.int32),
                                'nonfinite': np.full((2,), -1, np.int32)}, replicated)
     state = {'params': params, 'opt_state': init_opt(params), **counters}
-    if ema_decay:  # a copy, not an alias: the step donates (and so overwrites) both
+    if averaged:  # a copy, not an alias: the step donates (and so overwrites) both
       state['ema_params'] = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
                                     out_shardings=param_shardings)(params)
     return state
@@ -83,7 +83,7 @@ def build(config, tasks: dict, vocab_size: int, mesh) -> Setup:
     shapes = {'params': abstract_params, 'opt_state': jax.eval_shape(init_opt, abstract_params),
               'step': jax.ShapeDtypeStruct((), jnp.int32),
               'nonfinite': jax.ShapeDtypeStruct((2,), jnp.int32)}
-    if ema_decay:
+    if averaged:
       shapes['ema_params'] = abstract_params
     return checkpointing.abstract_like(shapes, state_shardings)
 
@@ -93,7 +93,8 @@ def build(config, tasks: dict, vocab_size: int, mesh) -> Setup:
       optimizer=optimizer,
       schedule=optim.learning_rate_schedule(config.optimizer, config.total_steps),
       seed=config.seed, grad_accum=config.optimizer.grad_accum, balancing=balancing,
-      max_gain=float(config.get('gradnorm_max_gain', 0.0)), ema_decay=ema_decay)
+      max_gain=float(config.get('gradnorm_max_gain', 0.0)),
+      ema_decay=float(config.optimizer.get('ema_decay', 0.0)))  # runs saved before the key: 0
   train_step = jax.jit(
       compat.traced_under(mesh, step),  # the activations' sharding constraints apply
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),

@@ -236,7 +236,7 @@ def _peak_flops(config, mesh) -> tuple[float, str]:
 # Keys whose value decides which arrays the train state holds: ema_params, and the
 # uncertainty method's log-variances among the parameters.
 _STATE_KEYS = {
-    'optimizer.ema_decay': lambda c: bool(c.get('optimizer', {}).get('ema_decay', 0.0)),
+    'optimizer.ema_decay': config_lib.keeps_average,
     'loss_balancing': lambda c: c.get('loss_balancing', 'static') == 'uncertainty',
 }
 
