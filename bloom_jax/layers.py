@@ -64,6 +64,17 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
   return (index - start) * (segment_ids > 0)
 
 
+def token_dropout_keep(segment_ids: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+  """[B, S] segment ids -> [B, S] 1 where a token keeps its word embedding, 0 where token
+  dropout (word dropout, Iyyer et al. 2015) zeroes it: each token strictly inside an
+  example with probability `rate`. An example's first and last tokens (<s>, and the </s> a
+  label is read at) always keep theirs, and padding is left as it is."""
+  previous = jnp.pad(segment_ids[:, :-1], ((0, 0), (1, 0)))
+  following = jnp.pad(segment_ids[:, 1:], ((0, 0), (0, 1)))
+  inside = (segment_ids > 0) & (segment_ids == previous) & (segment_ids == following)
+  return ~(inside & jax.random.bernoulli(key, rate, segment_ids.shape))
+
+
 def segment_mean(values: jax.Array, segment_ids: jax.Array) -> jax.Array:
   """[B, S, D] values, [B, S] segment ids (0: padding) -> at each position, the mean of
   `values` over its segment (0 at padding). The [B, S, S] mask is small for the short rows

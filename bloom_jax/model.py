@@ -149,7 +149,8 @@ class Bloom(nnx.Module):
     return tied_projection(hidden, embeddings).astype(jnp.float32)
 
   def hidden_states(self, input_ids, attention_mask=None, *, mode='causal', prefix_mask=None,
-                    segment_ids=None, added_embeddings=None, cache=None, dropout_key=None):
+                    segment_ids=None, added_embeddings=None, keep_tokens=None, cache=None,
+                    dropout_key=None):
     """Final-LayerNorm hidden states [B, S, H] (and the updated cache, or None).
 
     `attention_mask` [B, S] marks real tokens (1) and padding (0), left or right.
@@ -159,6 +160,7 @@ class Bloom(nnx.Module):
     `prefix_mask` [B, S] marks the bidirectional prefix (of each segment) in mode
     'prefix'. `added_embeddings` [B, S, H] are added to the word embeddings before their
     LayerNorm: further input embeddings, such as a task's part-of-speech tag embeddings.
+    `keep_tokens` [B, S] (bool) zeroes the word embeddings where it is False (token dropout).
     With a cache, the S new tokens follow the ones already cached. `dropout_key` turns
     dropout on (training); without it the model is deterministic.
     """
@@ -183,6 +185,8 @@ class Bloom(nnx.Module):
     query_positions = jax.lax.dynamic_slice_in_dim(positions, offset, length, 1)
 
     x = layers.embedding_lookup(self.word_embeddings[...], input_ids).astype(cfg.dtype)
+    if keep_tokens is not None:
+      x = x * keep_tokens[..., None].astype(cfg.dtype)
     if added_embeddings is not None:
       x = x + added_embeddings.astype(cfg.dtype)
     if cfg.position == 'sinusoidal':

@@ -10,12 +10,18 @@ learned log-variance s_t = log sigma_t^2 per task, which `steps.multitask_loss` 
 the task's loss by (Kendall et al. 2018). They are parameters like any other, so they are
 trained, checkpointed and restored with the rest; the trunk, which is all the Hugging
 Face export reads, does not change.
+
+A task with `token_dropout` p > 0 trains on rows where each token inside an example has
+its word embedding zeroed with probability p (`layers.token_dropout_keep`; its tag
+embedding, if any, stays): the model cannot lean on any one word, and evaluation, which
+passes no dropout key, sees every word.
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bloom_jax import layers
 from bloom_jax.compat import param
 from bloom_jax.model import Bloom, BloomConfig, unstack_layers
 
@@ -54,9 +60,15 @@ class MultiTaskModel(nnx.Module):
     """Logits of one task's packed rows, where its type needs them."""
     trunk_key, head_key = (None, None) if dropout_key is None else jax.random.split(dropout_key)
     tags = self.tag_embeddings[task.name](batch['pos_tags']) if task.pos_tagger else None
+    keep = None
+    if task.token_dropout and dropout_key is not None:
+      # A key of its own, so the other dropout masks are those of the run without it.
+      keep = layers.token_dropout_keep(batch['segment_ids'], task.token_dropout,
+                                       jax.random.fold_in(dropout_key, 1))
     hidden, _ = self.bloom.hidden_states(
         batch['input_ids'], segment_ids=batch['segment_ids'], mode=task.attention,
-        prefix_mask=batch.get('prefix_mask'), added_embeddings=tags, dropout_key=trunk_key)
+        prefix_mask=batch.get('prefix_mask'), added_embeddings=tags, keep_tokens=keep,
+        dropout_key=trunk_key)
     return task.type.logits(self, task, hidden, batch, head_key)
 
 

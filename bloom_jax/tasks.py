@@ -53,6 +53,8 @@ class TaskSpec:
                                    #   tokens into the output distribution (pointer-generator)
   pooling: str = 'last'            # classification, regression: the label is read from the
                                    #   last token's state ('last') or the example's mean ('mean')
+  token_dropout: float = 0.0       # training: each input token's word embedding is zeroed
+                                   #   with this probability (word dropout; 0: none)
   rate: float = 1.0
   loss_weight: float = 1.0
   batch_size: int = 0              # global rows per step, set from the mixture
@@ -134,11 +136,11 @@ REGISTRY: dict[str, TaskSpec] = {t.name: t for t in [
 
 CONFIG_KEYS = ('rate', 'loss_weight', 'max_length', 'max_target_length', 'stopwords',
                'attention', 'labels', 'pos_tagger', 'source_lm_weight', 'decoding', 'copy',
-               'pooling')
+               'pooling', 'token_dropout')
 FIELD_TYPES = {'rate': (int, float), 'loss_weight': (int, float), 'max_length': (int,),
                'max_target_length': (int,), 'stopwords': (bool,), 'attention': (str,),
                'pos_tagger': (str,), 'source_lm_weight': (int, float), 'copy': (bool,),
-               'pooling': (str,)}
+               'pooling': (str,), 'token_dropout': (int, float)}
 # The keys that declare a task in the config alone (`type`, `reader` and `files` required).
 DECLARE_KEYS = ('type', 'reader', 'files', 'options', 'holdout', 'holdout_seed', 'description')
 SPLITS = ('train', 'validation', 'test')
@@ -172,6 +174,8 @@ def configure(tasks_config, data_dir: str | None = None) -> dict[str, TaskSpec]:
     spec = dataclasses.replace(base, **fields)
     if spec.rate < 0 or spec.loss_weight < 0:
       raise ConfigError(f'{key}: rate and loss_weight must be >= 0')
+    if not 0 <= spec.token_dropout < 1:
+      raise ConfigError(f'{key}.token_dropout: a probability in [0, 1), got {spec.token_dropout!r}')
     if spec.max_length < 4:
       raise ConfigError(f'{key}.max_length: {spec.max_length} leaves no room for text')
     if spec.attention not in ATTENTION_MODES:
