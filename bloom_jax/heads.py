@@ -2,7 +2,10 @@
 
 Generation and LM tasks use the LM head tied to the word embeddings (`Bloom.logits`; a
 generation task with `copy` adds its copy head, `bloom_jax.copying`); classification and
-tagging tasks each have a linear head of their own.
+tagging tasks each have a linear head of their own. A classification (or regression) task
+with `ngrams` n > 0 also has a bag of its input's hashed token n-grams of orders 1..n
+(`NgramBag`), a linear model added to the head's logits: the wide part of a wide-and-deep
+classifier (Cheng et al. 2016), or fastText's bag of n-grams (Joulin et al. 2017).
 """
 
 import jax
@@ -10,15 +13,19 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bloom_jax.compat import param
-from bloom_jax.layers import dropout
+from bloom_jax.layers import dropout, segment_mean
 from bloom_jax.model import BloomConfig
 
 
 class LinearHead(nnx.Module):
-  """Hidden states -> per-position outputs (float32), e.g. label logits."""
+  """Hidden states -> per-position outputs (float32), e.g. label logits. With `ngrams` > 0
+  it also holds an `NgramBag` of those orders (`.ngrams`), which the task type adds."""
 
-  def __init__(self, cfg: BloomConfig, num_outputs: int, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: BloomConfig, num_outputs: int, *, rngs: nnx.Rngs, ngrams: int = 0,
+               ngram_buckets: int = 0, ngram_scale: float = 1.0):
     self.dtype, self.dropout = cfg.dtype, cfg.dropout
+    if ngrams:  # only then: the parameters of heads without it stay as they were
+      self.ngrams = NgramBag(num_outputs, ngrams, ngram_buckets, ngram_scale)
     self.kernel = param(cfg.init_std * jax.random.normal(
         rngs.params(), (cfg.hidden_size, num_outputs), cfg.param_dtype), ('embed', 'labels'))
     self.bias = param(jnp.zeros((num_outputs,), cfg.param_dtype), ('labels',))
@@ -27,3 +34,54 @@ class LinearHead(nnx.Module):
     hidden = dropout(hidden, self.dropout, dropout_key)
     logits = hidden @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
     return logits.astype(jnp.float32)
+
+
+# Multiplicative hashing (Knuth's golden-ratio constant), and the base that folds each
+# earlier token into an n-gram's hash; uint32 arithmetic wraps, as the hash wants.
+_GOLDEN = 2654435761
+_BASE = 1000003
+
+
+def ngram_buckets(input_ids, segment_ids, order: int, buckets: int):
+  """[B, S] tokens and segment ids -> ([B, S, order] int32 bucket of the n-gram of each
+  order n = 1..order that ends at each position, [B, S, order] bool: it lies inside one
+  example). An n-gram's bucket depends on its tokens and n only, wherever it occurs."""
+  ids = input_ids.astype(jnp.uint32)
+  h, inside = ids, segment_ids > 0
+  out, valid = [], []
+  for n in range(1, order + 1):
+    if n > 1:
+      back = n - 1  # the token n-1 places earlier, and whether it is in the same example
+      earlier = jnp.pad(ids[:, :-back], ((0, 0), (back, 0)))
+      h = h * jnp.uint32(_BASE) + earlier
+      inside = inside & (jnp.pad(segment_ids[:, :-back], ((0, 0), (back, 0))) == segment_ids)
+    mixed = (h + jnp.uint32(n)) * jnp.uint32(_GOLDEN)
+    out.append((mixed % jnp.uint32(buckets)).astype(jnp.int32))
+    valid.append(inside)
+  return jnp.stack(out, -1), jnp.stack(valid, -1)
+
+
+class NgramBag(nnx.Module):
+  """A linear model of an example's token n-grams: at each position, `scale` times the
+  mean over its example's tokens of the outputs of the n-grams (orders 1..order, hashed
+  into `buckets` rows) that end there. `<s>` and `</s>` take part, so n-grams at the
+  text's edges are their own features. The table starts at zero (the model starts as the
+  one without it) and, being a kernel, has weight decay, an L2 penalty as a linear text
+  classifier's.
+
+  `scale` is the bag's learning rate relative to the rest's: Adam moves every parameter by
+  about the learning rate per step, whatever its gradient's size, and a mean over a text's
+  n-grams needs rows far larger than a transformer's weights to move a logit. fastText
+  trains its bag with a learning rate of 0.1 and more for the same reason."""
+
+  def __init__(self, num_outputs: int, order: int, buckets: int, scale: float = 1.0):
+    self.order, self.buckets, self.scale = order, buckets, scale
+    # float32 whatever param_dtype is: a rare n-gram's few small updates must not round away.
+    self.kernel = param(jnp.zeros((buckets, num_outputs), jnp.float32), ('vocab', 'labels'))
+
+  def __call__(self, input_ids, segment_ids):
+    """[B, S] tokens and segment ids -> [B, S, outputs] float32, the mean at every
+    position of its example (0 at padding)."""
+    rows, inside = ngram_buckets(input_ids, segment_ids, self.order, self.buckets)
+    per_token = (jnp.take(self.kernel[...], rows, axis=0) * inside[..., None]).sum(-2)
+    return self.scale * segment_mean(per_token, segment_ids)

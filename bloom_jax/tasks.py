@@ -55,6 +55,11 @@ class TaskSpec:
                                    #   last token's state ('last') or the example's mean ('mean')
   token_dropout: float = 0.0       # training: each input token's word embedding is zeroed
                                    #   with this probability (word dropout; 0: none)
+  ngrams: int = 0                  # classification, regression: a linear bag of the input's
+                                   #   hashed token n-grams, orders 1..ngrams (0: none)
+  ngram_buckets: int = 2 ** 18     # the rows n-grams are hashed into
+  ngram_scale: float = 10.0        # the bag's output factor: its learning rate relative
+                                   #   to the rest's (docs/multitask.md)
   rate: float = 1.0
   loss_weight: float = 1.0
   batch_size: int = 0              # global rows per step, set from the mixture
@@ -136,11 +141,12 @@ REGISTRY: dict[str, TaskSpec] = {t.name: t for t in [
 
 CONFIG_KEYS = ('rate', 'loss_weight', 'max_length', 'max_target_length', 'stopwords',
                'attention', 'labels', 'pos_tagger', 'source_lm_weight', 'decoding', 'copy',
-               'pooling', 'token_dropout')
+               'pooling', 'token_dropout', 'ngrams', 'ngram_buckets', 'ngram_scale')
 FIELD_TYPES = {'rate': (int, float), 'loss_weight': (int, float), 'max_length': (int,),
                'max_target_length': (int,), 'stopwords': (bool,), 'attention': (str,),
                'pos_tagger': (str,), 'source_lm_weight': (int, float), 'copy': (bool,),
-               'pooling': (str,), 'token_dropout': (int, float)}
+               'pooling': (str,), 'token_dropout': (int, float), 'ngrams': (int,),
+               'ngram_buckets': (int,), 'ngram_scale': (int, float)}
 # The keys that declare a task in the config alone (`type`, `reader` and `files` required).
 DECLARE_KEYS = ('type', 'reader', 'files', 'options', 'holdout', 'holdout_seed', 'description')
 SPLITS = ('train', 'validation', 'test')
@@ -176,6 +182,9 @@ def configure(tasks_config, data_dir: str | None = None) -> dict[str, TaskSpec]:
       raise ConfigError(f'{key}: rate and loss_weight must be >= 0')
     if not 0 <= spec.token_dropout < 1:
       raise ConfigError(f'{key}.token_dropout: a probability in [0, 1), got {spec.token_dropout!r}')
+    if spec.ngrams < 0 or spec.ngram_buckets < 1 or not spec.ngram_scale > 0:
+      raise ConfigError(f'{key}: ngrams must be >= 0, ngram_buckets >= 1 and ngram_scale > 0, '
+                        f'got {spec.ngrams}, {spec.ngram_buckets} and {spec.ngram_scale}')
     if spec.max_length < 4:
       raise ConfigError(f'{key}.max_length: {spec.max_length} leaves no room for text')
     if spec.attention not in ATTENTION_MODES:

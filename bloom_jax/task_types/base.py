@@ -46,6 +46,7 @@ class TaskType(abc.ABC):
   takes_decoding = False         # `decoding` (evaluation's decoding options) applies to it
   takes_copy = False             # `copy` (a copy head: tokens copied from the input) applies
   takes_pooling = False          # `pooling` (which states the label is read from) applies
+  takes_ngrams = False           # `ngrams` (a bag of the input's hashed token n-grams) applies
 
   def __repr__(self) -> str:  # stable across processes: it goes into data fingerprints
     return f'task_types.{self.name}'
@@ -78,6 +79,8 @@ class TaskType(abc.ABC):
       raise ConfigError(f'{key}.pooling: {task.pooling!r} is not one of {POOLING}')
     if task.pooling != 'last' and not self.takes_pooling:
       raise ConfigError(f'{key}.pooling: not for {self.name} tasks')
+    if task.ngrams and not self.takes_ngrams:
+      raise ConfigError(f'{key}.ngrams: not for {self.name} tasks')
 
   # ------------------------------------------------------------------ data
 

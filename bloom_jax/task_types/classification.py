@@ -18,6 +18,11 @@ weight w beside the label's 1:
 
 Evaluation, and the loss it reports, stay on the label alone.
 
+With `ngrams` n > 0 the logits also add a linear model of the example's hashed token
+n-grams of orders 1..n (`heads.NgramBag`, the same value at each of its positions): a
+bag of n-grams, which a linear text classifier learns from few examples, beside the
+transformer's reading, which needs more.
+
 With a `pos_tagger` (`bloom_jax.pos_features`), the text is encoded word by word, as
 tagging encodes it (each whitespace word's subwords, a space before all but the first),
 so that every token knows its word; for the byte-level BPE these are exactly the tokens
@@ -57,6 +62,7 @@ class Classification(base.TaskType):
   takes_pos_tags = True
   takes_source_lm = True
   takes_pooling = True
+  takes_ngrams = True
   metrics = ('accuracy', 'macro_f1')
   needs_labels = True
 
@@ -120,7 +126,8 @@ class Classification(base.TaskType):
     return lines
 
   def make_head(self, model_cfg, task, rngs):
-    return heads.LinearHead(model_cfg, len(task.labels), rngs=rngs)
+    return heads.LinearHead(model_cfg, len(task.labels), rngs=rngs, ngrams=task.ngrams,
+                            ngram_buckets=task.ngram_buckets, ngram_scale=task.ngram_scale)
 
   def logits(self, model, task, hidden, batch, dropout_key):
     """[B, S, labels] logits at every position; in training with a source loss,
@@ -131,9 +138,15 @@ class Classification(base.TaskType):
     return logits
 
   def head_outputs(self, model, task, hidden, batch, dropout_key):
-    """The head at every position, or with `pooling='mean'` its mean over each example."""
-    out = model.heads[task.name](hidden, dropout_key)
-    return layers.segment_mean(out, batch['segment_ids']) if task.pooling == 'mean' else out
+    """The head at every position, or with `pooling='mean'` its mean over each example;
+    with `ngrams`, plus the example's bag of n-grams."""
+    head = model.heads[task.name]
+    out = head(hidden, dropout_key)
+    if task.pooling == 'mean':
+      out = layers.segment_mean(out, batch['segment_ids'])
+    if task.ngrams:
+      out = out + head.ngrams(batch['input_ids'], batch['segment_ids'])
+    return out
 
   def vocab_positions(self, task):
     return task.max_length if task.source_lm_weight else 0

@@ -44,7 +44,8 @@ class Regression(Classification):
             f'{tok.decode(example["input_ids"])!r}']
 
   def make_head(self, model_cfg, task, rngs):
-    return heads.LinearHead(model_cfg, 1, rngs=rngs)
+    return heads.LinearHead(model_cfg, 1, rngs=rngs, ngrams=task.ngrams,
+                            ngram_buckets=task.ngram_buckets, ngram_scale=task.ngram_scale)
 
   def logits(self, model, task, hidden, batch, dropout_key):
     return self.head_outputs(model, task, hidden, batch, dropout_key)[..., 0]

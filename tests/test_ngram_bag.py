@@ -1,0 +1,178 @@
+"""A classifier's bag of hashed token n-grams (`tasks.<name>.ngrams`, `heads.NgramBag`).
+
+Each position gets the bucket of every n-gram (orders 1..n) that ends there inside its
+example; an n-gram's bucket depends on its tokens alone. The bag's output at each position
+is the mean, over its example's tokens, of the kernel rows of those n-grams, so packed rows
+give each example what it gets alone. The table starts at zero: a model with the bag starts
+with the logits of the model without it.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from bloom_jax import heads, tasks, tokenizer
+from bloom_jax.errors import ConfigError
+from bloom_jax.model import BloomConfig
+from bloom_jax.multitask_model import MultiTaskModel
+from bloom_jax.task_types import CLASSIFICATION, REGRESSION
+
+ROWS = [
+    {'text': 'a warm and very funny film', 'label': 'positive'},
+    {'text': 'dull', 'label': 'negative'},
+    {'text': 'the plot goes nowhere and the actors know it', 'label': 'negative'},
+    {'text': 'one of the best scenes this year', 'label': 'positive'},
+    {'text': 'it never finds its story', 'label': 'negative'},
+    {'text': 'not funny and not warm', 'label': 'negative'},
+]
+ORDER, BUCKETS = 3, 1 << 12
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope='module')
+def tok():
+  return tokenizer.train([CLASSIFICATION.training_text(r) for r in ROWS] * 5, 400)
+
+
+def _task(**fields):
+  return tasks.TaskSpec('t', CLASSIFICATION, source=None, labels=('negative', 'positive'),
+                        max_length=24, attention='bidirectional', **fields)
+
+
+def _batch(task, tok, packed=True):
+  examples, _ = CLASSIFICATION.encode(task, tok, ROWS, True, None)
+  out = CLASSIFICATION.rows(task, examples, tok.pad_id, packed)
+  return out, {k: jnp.asarray(v) for k, v in out.items()}
+
+
+def _examples(rows):
+  """Each example's tokens, read from packed rows."""
+  found = []
+  for r, segments in enumerate(rows['segment_ids']):
+    for k in range(1, segments.max() + 1):
+      found.append(rows['input_ids'][r, segments == k].tolist())
+  return found
+
+
+@functools.cache
+def _bucket(ngram: tuple[int, ...]) -> int:
+  """The bucket of one n-gram, from a row that holds just it."""
+  ids = jnp.asarray([ngram], jnp.int32)
+  rows, inside = heads.ngram_buckets(ids, jnp.ones_like(ids), len(ngram), BUCKETS)
+  assert bool(inside[0, -1, -1])
+  return int(rows[0, -1, -1])
+
+
+def test_each_position_gets_the_ngrams_that_end_there_inside_its_example(tok):
+  rows, batch = _batch(_task(), tok)
+  buckets, inside = jax.jit(heads.ngram_buckets, static_argnums=(2, 3))(
+      batch['input_ids'], batch['segment_ids'], ORDER, BUCKETS)
+  buckets, inside = np.asarray(buckets), np.asarray(inside)
+  assert buckets.shape == inside.shape == (*rows['input_ids'].shape, ORDER)
+  assert buckets.min() >= 0 and buckets.max() < BUCKETS
+  assert not inside[rows['segment_ids'] == 0].any()  # padding has none
+  for r, segments in enumerate(rows['segment_ids']):
+    for k in range(1, segments.max() + 1):
+      at = np.flatnonzero(segments == k)
+      ids = rows['input_ids'][r, at].tolist()
+      for n in range(1, ORDER + 1):
+        # An example of L tokens has L - n + 1 n-grams of order n, each ending at its last.
+        assert inside[r, at, n - 1].tolist() == [i >= n - 1 for i in range(len(at))]
+        for i in range(n - 1, len(at)):
+          assert buckets[r, at[i], n - 1] == _bucket(tuple(ids[i - n + 1:i + 1]))
+
+
+def test_the_bag_is_the_mean_of_its_examples_ngram_rows(tok):
+  rows, batch = _batch(_task(), tok)
+  bag = heads.NgramBag(2, ORDER, BUCKETS)
+  kernel = np.asarray(jax.random.normal(jax.random.key(0), (BUCKETS, 2)))
+  bag.kernel[...] = jnp.asarray(kernel)
+  got = np.asarray(jax.jit(lambda b, i, s: b(i, s))(bag, batch['input_ids'], batch['segment_ids']))
+  np.testing.assert_array_equal(got[rows['segment_ids'] == 0], 0)
+  checked = 0
+  for r, segments in enumerate(rows['segment_ids']):
+    for k in range(1, segments.max() + 1):
+      at = np.flatnonzero(segments == k)
+      ids = rows['input_ids'][r, at].tolist()
+      grams = [tuple(ids[i:i + n]) for n in range(1, ORDER + 1) for i in range(len(ids) - n + 1)]
+      want = sum(kernel[_bucket(g)] for g in grams) / len(ids)
+      np.testing.assert_allclose(got[r, at], np.broadcast_to(want, (len(at), 2)),
+                                 rtol=TOLERANCE, atol=TOLERANCE)
+      checked += 1
+  assert checked == len(ROWS)
+
+
+def _model(tok, ngrams):
+  cfg = BloomConfig(vocab_size=tok.vocab_size, hidden_size=24, n_head=4, n_layer=2, init_std=0.5)
+  return MultiTaskModel(cfg, {'t': _task(ngrams=ngrams, ngram_buckets=BUCKETS)}, rngs=nnx.Rngs(3))
+
+
+def test_the_model_starts_as_without_the_bag_and_packing_changes_nothing(tok):
+  plain, wide = _model(tok, 0), _model(tok, ORDER)
+  assert set(nnx.state(plain.heads['t'], nnx.Param)) == {'kernel', 'bias'}
+  assert wide.heads['t'].ngrams.kernel[...].shape == (BUCKETS, 2)
+  rows, batch = _batch(_task(), tok)
+  np.testing.assert_array_equal(np.asarray(wide(_task(ngrams=ORDER), batch)),
+                                np.asarray(plain(_task(), batch)))
+  wide.heads['t'].ngrams.kernel[...] = jax.random.normal(jax.random.key(1), (BUCKETS, 2))
+
+  def scored(packed):
+    rows, batch = _batch(_task(ngrams=ORDER), tok, packed)
+    logits = np.asarray(wide(_task(ngrams=ORDER), batch))
+    return sorted(logits[rows['weights'] > 0].tolist()), len(rows['weights'])
+
+  packed, packed_rows = scored(True)
+  alone, alone_rows = scored(False)
+  assert packed_rows < alone_rows
+  np.testing.assert_allclose(packed, alone, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_the_bag_alone_learns_what_its_ngrams_say(tok):
+  """A linear model of n-grams separates texts that share words but not bigrams: 'not
+  funny and not warm' is negative, 'a warm and very funny film' positive."""
+  rows, batch = _batch(_task(), tok)
+  at = rows['weights'] > 0
+  where, targets = np.nonzero(at), jnp.asarray(rows['targets'][at])
+  bag = heads.NgramBag(2, ORDER, BUCKETS)
+  optimizer = nnx.Optimizer(bag, optax.adam(0.1), wrt=nnx.Param)
+
+  def loss_fn(bag):
+    logits = bag(batch['input_ids'], batch['segment_ids'])[where]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+  @nnx.jit
+  def step(bag, optimizer):
+    loss, grads = nnx.value_and_grad(loss_fn)(bag)
+    optimizer.update(bag, grads)
+    return loss
+
+  first = float(step(bag, optimizer))
+  for _ in range(50):
+    last = float(step(bag, optimizer))
+  assert first == pytest.approx(np.log(2), rel=1e-5) and last < 0.05
+  logits = np.asarray(bag(batch['input_ids'], batch['segment_ids']))[at]
+  np.testing.assert_array_equal(logits.argmax(-1), rows['targets'][at])
+  # Only the rows of n-grams that occur were trained.
+  used = {_bucket(tuple(ids[i:i + n])) for ids in _examples(rows)
+          for n in range(1, ORDER + 1) for i in range(len(ids) - n + 1)}
+  moved = set(np.flatnonzero(np.abs(np.asarray(bag.kernel[...])).sum(-1) > 0).tolist())
+  assert moved == used
+
+
+def test_ngrams_are_checked_by_value_and_task_type():
+  assert tasks.configure({'sentiment': dict(ngrams=2)})['sentiment'].ngrams == 2
+  assert tasks.configure({'sentiment': {}})['sentiment'].ngrams == 0
+  for bad in (dict(ngrams=-1), dict(ngrams=2, ngram_buckets=0), dict(ngrams=2, ngram_scale=0)):
+    with pytest.raises(ConfigError, match='tasks.sentiment: ngrams must be >= 0'):
+      tasks.configure({'sentiment': bad})
+  with pytest.raises(ConfigError, match='tasks.sentiment.ngrams: expected int'):
+    tasks.configure({'sentiment': dict(ngrams=True)})
+  for name in ('tagging', 'lm', 'summarize'):
+    with pytest.raises(ConfigError, match=f'tasks.{name}.ngrams: not for'):
+      tasks.configure({name: dict(ngrams=2)})
+  REGRESSION.check(tasks.TaskSpec('scores', REGRESSION, source=None, ngrams=2), 'tasks.scores')
