@@ -22,13 +22,13 @@ from bloom_jax.model import BloomConfig
 from bloom_jax.multitask_model import MultiTaskModel
 from bloom_jax.task_types import CLASSIFICATION, REGRESSION
 
-ROWS = [
-    {'text': 'a warm and very funny film', 'label': 'positive'},
-    {'text': 'dull', 'label': 'negative'},
-    {'text': 'the plot goes nowhere and the actors know it', 'label': 'negative'},
-    {'text': 'one of the best scenes this year', 'label': 'positive'},
-    {'text': 'it never finds its story', 'label': 'negative'},
-    {'text': 'not funny and not warm', 'label': 'negative'},
+ROWS = [  # the same words in both labels: only their bigrams tell them apart
+    {'text': 'good , not bad', 'label': 'positive'},
+    {'text': 'bad , not good', 'label': 'negative'},
+    {'text': 'not bad at all', 'label': 'positive'},
+    {'text': 'not good at all', 'label': 'negative'},
+    {'text': 'the cast is good and the story is not bad', 'label': 'positive'},
+    {'text': 'the story is bad and the cast is not good', 'label': 'negative'},
 ]
 ORDER, BUCKETS = 3, 1 << 12
 TOLERANCE = 1e-5
@@ -133,8 +133,8 @@ def test_the_model_starts_as_without_the_bag_and_packing_changes_nothing(tok):
 
 
 def test_the_bag_alone_learns_what_its_ngrams_say(tok):
-  """A linear model of n-grams separates texts that share words but not bigrams: 'not
-  funny and not warm' is negative, 'a warm and very funny film' positive."""
+  """A linear model of n-grams separates texts whose words are the same and whose bigrams
+  are not ('good , not bad' and 'bad , not good')."""
   rows, batch = _batch(_task(), tok)
   at = rows['weights'] > 0
   where, targets = np.nonzero(at), jnp.asarray(rows['targets'][at])
