@@ -16,11 +16,13 @@ import optax
 import pytest
 from flax import nnx
 
-from bloom_jax import heads, tasks, tokenizer
+from bloom_jax import heads, runs, sharding, tasks, tokenizer
+from bloom_jax.data import pipeline
 from bloom_jax.errors import ConfigError
 from bloom_jax.model import BloomConfig
 from bloom_jax.multitask_model import MultiTaskModel
 from bloom_jax.task_types import CLASSIFICATION, REGRESSION
+from tests.tiny import tiny_config
 
 ROWS = [  # the same words in both labels: only their bigrams tell them apart
     {'text': 'good , not bad', 'label': 'positive'},
@@ -176,3 +178,27 @@ def test_ngrams_are_checked_by_value_and_task_type():
     with pytest.raises(ConfigError, match=f'tasks.{name}.ngrams: not for'):
       tasks.configure({name: dict(ngrams=2)})
   REGRESSION.check(tasks.TaskSpec('scores', REGRESSION, source=None, ngrams=2), 'tasks.scores')
+
+
+def test_sharded_steps_with_the_bag_match_one_device(tmp_path):
+  config = tiny_config()
+  config.tasks.sentiment.update(ngrams=2, ngram_buckets=1000)
+  pipe = pipeline.Pipeline(config, workdir=str(tmp_path), multiple=8)
+
+  def two_steps(mesh):
+    setup = runs.build(config, pipe.tasks, pipe.tokenizer.vocab_size, mesh)
+    state, it, losses = setup.init_train_state(), pipe.train_iterator(), []
+    for _ in range(2):
+      state, metrics = setup.train_step(state, sharding.global_batch(next(it), mesh))
+      losses.append(float(metrics['loss']))
+    return losses, jax.device_get(state['params']), setup
+
+  one, one_params, _ = two_steps(sharding.make_mesh(dict(data=1, fsdp=1, tensor=1),
+                                                    jax.devices()[:1]))
+  eight, eight_params, setup = two_steps(sharding.make_mesh(dict(data=2, fsdp=2, tensor=2)))
+  np.testing.assert_allclose(eight, one, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), eight_params, one_params)
+  bag = one_params['heads']['sentiment']['ngrams']['kernel']
+  assert bag.shape == (1000, 2) and np.abs(bag).max() > 0  # trained from its zero start
+  spec = setup.state_shardings['params']['heads']['sentiment']['ngrams']['kernel'].spec
+  assert spec == jax.sharding.PartitionSpec('tensor', None)  # its rows, as the vocabulary's
