@@ -125,8 +125,12 @@ class Classification(base.TaskType):
           for i, t in zip(example['input_ids'][1:-1], example['pos_tags'][1:-1], strict=True)))
     return lines
 
+  def num_outputs(self, task) -> int:
+    """The head's outputs per position: one logit per label."""
+    return len(task.labels)
+
   def make_head(self, model_cfg, task, rngs):
-    return heads.LinearHead(model_cfg, len(task.labels), rngs=rngs, ngrams=task.ngrams,
+    return heads.LinearHead(model_cfg, self.num_outputs(task), rngs=rngs, ngrams=task.ngrams,
                             ngram_buckets=task.ngram_buckets, ngram_scale=task.ngram_scale)
 
   def logits(self, model, task, hidden, batch, dropout_key):

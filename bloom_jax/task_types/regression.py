@@ -11,7 +11,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from bloom_jax import heads, metrics
+from bloom_jax import metrics
 from bloom_jax.task_types import base
 from bloom_jax.task_types.classification import Classification
 
@@ -43,9 +43,8 @@ class Regression(Classification):
     return [f'    score={example["targets"][at]:.4f} (source {sample["label"]!r}): '
             f'{tok.decode(example["input_ids"])!r}']
 
-  def make_head(self, model_cfg, task, rngs):
-    return heads.LinearHead(model_cfg, 1, rngs=rngs, ngrams=task.ngrams,
-                            ngram_buckets=task.ngram_buckets, ngram_scale=task.ngram_scale)
+  def num_outputs(self, task):
+    return 1  # the score
 
   def logits(self, model, task, hidden, batch, dropout_key):
     return self.head_outputs(model, task, hidden, batch, dropout_key)[..., 0]
