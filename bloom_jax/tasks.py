@@ -60,6 +60,8 @@ class TaskSpec:
   ngram_buckets: int = 2 ** 18     # the rows n-grams are hashed into
   ngram_scale: float = 10.0        # the bag's output factor: its learning rate relative
                                    #   to the rest's (docs/multitask.md)
+  ngram_loss_weight: float = 0.0   # training: weight of a loss on the bag's logits alone,
+                                   #   beside the joint one (0: none)
   rate: float = 1.0
   loss_weight: float = 1.0
   batch_size: int = 0              # global rows per step, set from the mixture
@@ -141,12 +143,14 @@ REGISTRY: dict[str, TaskSpec] = {t.name: t for t in [
 
 CONFIG_KEYS = ('rate', 'loss_weight', 'max_length', 'max_target_length', 'stopwords',
                'attention', 'labels', 'pos_tagger', 'source_lm_weight', 'decoding', 'copy',
-               'pooling', 'token_dropout', 'ngrams', 'ngram_buckets', 'ngram_scale')
+               'pooling', 'token_dropout', 'ngrams', 'ngram_buckets', 'ngram_scale',
+               'ngram_loss_weight')
 FIELD_TYPES = {'rate': (int, float), 'loss_weight': (int, float), 'max_length': (int,),
                'max_target_length': (int,), 'stopwords': (bool,), 'attention': (str,),
                'pos_tagger': (str,), 'source_lm_weight': (int, float), 'copy': (bool,),
                'pooling': (str,), 'token_dropout': (int, float), 'ngrams': (int,),
-               'ngram_buckets': (int,), 'ngram_scale': (int, float)}
+               'ngram_buckets': (int,), 'ngram_scale': (int, float),
+               'ngram_loss_weight': (int, float)}
 # The keys that declare a task in the config alone (`type`, `reader` and `files` required).
 DECLARE_KEYS = ('type', 'reader', 'files', 'options', 'holdout', 'holdout_seed', 'description')
 SPLITS = ('train', 'validation', 'test')
@@ -185,6 +189,9 @@ def configure(tasks_config, data_dir: str | None = None) -> dict[str, TaskSpec]:
     if spec.ngrams < 0 or spec.ngram_buckets < 1 or not spec.ngram_scale > 0:
       raise ConfigError(f'{key}: ngrams must be >= 0, ngram_buckets >= 1 and ngram_scale > 0, '
                         f'got {spec.ngrams}, {spec.ngram_buckets} and {spec.ngram_scale}')
+    if spec.ngram_loss_weight < 0 or (spec.ngram_loss_weight and not spec.ngrams):
+      raise ConfigError(f'{key}.ngram_loss_weight: must be >= 0, and needs {key}.ngrams > 0; '
+                        f'got {spec.ngram_loss_weight} with ngrams={spec.ngrams}')
     if spec.max_length < 4:
       raise ConfigError(f'{key}.max_length: {spec.max_length} leaves no room for text')
     if spec.attention not in ATTENTION_MODES:

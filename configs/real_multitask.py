@@ -80,6 +80,7 @@ def get_config(arg=None):
     # faster (docs/multitask.md); 3 gained in the mixture, not in the protocol yet (results.md)
     c.tasks[name].ngrams = 0
     c.tasks[name].ngram_scale = 10.0
+    c.tasks[name].ngram_loss_weight = 0.0  # > 0: the bag also trained alone (docs/multitask.md)
   # TREC-6 reads its question left to right and also predicts each next token of it: alone
   # and in the mixture this beat bidirectional attention with split heads on validation
   # (docs/results.md). SST-2 keeps them: the same change gained alone but not in the mixture.

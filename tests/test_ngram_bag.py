@@ -4,9 +4,11 @@ Each position gets the bucket of every n-gram (orders 1..n) that ends there insi
 example; an n-gram's bucket depends on its tokens alone. The bag's output at each position
 is the mean, over its example's tokens, of the kernel rows of those n-grams, so packed rows
 give each example what it gets alone. The table starts at zero: a model with the bag starts
-with the logits of the model without it.
+with the logits of the model without it. With `ngram_loss_weight` v, training adds v times
+the target's loss on the bag's logits alone to the loss on the sum.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -16,7 +18,7 @@ import optax
 import pytest
 from flax import nnx
 
-from bloom_jax import heads, runs, sharding, tasks, tokenizer
+from bloom_jax import heads, runs, sharding, steps, tasks, tokenizer
 from bloom_jax.data import pipeline
 from bloom_jax.errors import ConfigError
 from bloom_jax.model import BloomConfig
@@ -166,6 +168,46 @@ def test_the_bag_alone_learns_what_its_ngrams_say(tok):
   assert moved == used
 
 
+@pytest.mark.parametrize('task_type', [CLASSIFICATION, REGRESSION])
+def test_the_bags_own_loss_adds_its_weighted_terms_in_training_only(tok, task_type):
+  weight = 0.5
+  plain = tasks.TaskSpec('t', task_type, source=None, max_length=24, attention='bidirectional',
+                         labels=('negative', 'positive') if task_type.needs_labels else None,
+                         ngrams=ORDER, ngram_buckets=BUCKETS)
+  own = dataclasses.replace(plain, ngram_loss_weight=weight)
+  rows = [dict(r, label=str(k % 3)) if not task_type.needs_labels else r
+          for k, r in enumerate(ROWS)]
+  examples, _ = task_type.encode(own, tok, rows, True, None)
+  packed = task_type.rows(own, examples, tok.pad_id, True)
+  assert set(packed) - set(task_type.rows(plain, examples, tok.pad_id, True)) == {'ngram_weights'}
+  np.testing.assert_array_equal(packed['ngram_weights'], weight * packed['weights'])
+  batch = {k: jnp.asarray(v) for k, v in packed.items()}
+  cfg = BloomConfig(vocab_size=tok.vocab_size, hidden_size=24, n_head=4, n_layer=2, init_std=0.5)
+  model = MultiTaskModel(cfg, {'t': own}, rngs=nnx.Rngs(3))
+  model.heads['t'].ngrams.kernel[...] = jax.random.normal(jax.random.key(1), (BUCKETS, 1 + (
+      task_type is CLASSIFICATION)))
+
+  def per_example(logits):  # the target's loss at each example's last token
+    at = packed['weights'] > 0
+    loss, _, _ = task_type.losses(logits, batch)
+    return np.asarray(loss)[at]
+
+  joint = model(own, batch)  # evaluation: the sum alone, as without the bag's loss
+  np.testing.assert_array_equal(np.asarray(joint), np.asarray(model(plain, batch)))
+  bag = model.heads['t'].ngrams(batch['input_ids'], batch['segment_ids'])
+  if task_type is REGRESSION:
+    bag = bag[..., 0]
+  key = jax.random.key(0)
+  trained, without = (steps.task_statistics(model, t, batch, key) for t in (own, plain))
+  examples = packed['weights'].sum()
+  np.testing.assert_allclose(trained['loss_sum'], per_example(joint).sum()
+                             + weight * per_example(bag).sum(), rtol=TOLERANCE)
+  np.testing.assert_allclose(trained['count'], (1 + weight) * examples)
+  np.testing.assert_allclose(without['loss_sum'], per_example(joint).sum(), rtol=TOLERANCE)
+  if task_type is CLASSIFICATION:  # accuracy stays the sum's
+    assert trained['correct'] == without['correct']
+
+
 def test_ngrams_are_checked_by_value_and_task_type():
   assert tasks.configure({'sentiment': dict(ngrams=2)})['sentiment'].ngrams == 2
   assert tasks.configure({'sentiment': {}})['sentiment'].ngrams == 0
@@ -178,11 +220,15 @@ def test_ngrams_are_checked_by_value_and_task_type():
     with pytest.raises(ConfigError, match=f'tasks.{name}.ngrams: not for'):
       tasks.configure({name: dict(ngrams=2)})
   REGRESSION.check(tasks.TaskSpec('scores', REGRESSION, source=None, ngrams=2), 'tasks.scores')
+  for bad in (dict(ngram_loss_weight=1.0), dict(ngrams=2, ngram_loss_weight=-1.0)):
+    with pytest.raises(ConfigError, match='tasks.sentiment.ngram_loss_weight: must be >= 0, '
+                                          'and needs tasks.sentiment.ngrams > 0'):
+      tasks.configure({'sentiment': bad})
 
 
 def test_sharded_steps_with_the_bag_match_one_device(tmp_path):
   config = tiny_config()
-  config.tasks.sentiment.update(ngrams=2, ngram_buckets=1000)
+  config.tasks.sentiment.update(ngrams=2, ngram_buckets=1000, ngram_loss_weight=0.5)
   pipe = pipeline.Pipeline(config, workdir=str(tmp_path), multiple=8)
 
   def two_steps(mesh):

@@ -136,16 +136,24 @@ class TaskType(abc.ABC):
 
   def losses(self, logits, batch: dict):
     """(loss, weights, correct) per scored position; `correct` may be None. In training
-    with a source loss (`logits` {'target': ..., 'source': [B, S, V]}), the target's terms
-    followed by every position's source term (weight 0 but where the next token is one of
-    the input's, `source_lm_fields`)."""
+    with auxiliary losses (`logits` a dict: 'target', and any of 'source', [B, S, V], and
+    'ngrams'), the target's terms followed by each auxiliary loss's:
+      'source': every position's next-token term (weight 0 but where the next token is
+        one of the input's, `source_lm_fields`);
+      'ngrams': the target's loss on a bag of n-grams' logits alone (`ngram_weights`).
+    Auxiliary predictions stay out of `correct`: the logged accuracy is the target's."""
     if isinstance(logits, dict):
       nll, weights, correct = self.losses(logits['target'], batch)
-      source_nll, _ = losses.token_nll(logits['source'], batch['source_targets'])
-      # Source predictions stay out of `correct`: the logged accuracy is the target's.
-      return (jnp.concatenate([nll, source_nll], axis=1),
-              jnp.concatenate([weights, batch['source_weights']], axis=1),
-              jnp.concatenate([correct, jnp.zeros_like(source_nll, bool)], axis=1))
+      extra = []
+      if 'source' in logits:
+        extra.append((losses.token_nll(logits['source'], batch['source_targets'])[0],
+                      batch['source_weights']))
+      if 'ngrams' in logits:
+        extra.append((self.losses(logits['ngrams'], batch)[0], batch['ngram_weights']))
+      if correct is not None:
+        correct = jnp.concatenate([correct] + [jnp.zeros_like(t, bool) for t, _ in extra], 1)
+      return (jnp.concatenate([nll] + [t for t, _ in extra], axis=1),
+              jnp.concatenate([weights] + [w for _, w in extra], axis=1), correct)
     nll, correct = losses.token_nll(logits, batch['targets'])
     return nll, batch['weights'].astype(jnp.float32), correct
 

@@ -21,7 +21,14 @@ Evaluation, and the loss it reports, stay on the label alone.
 With `ngrams` n > 0 the logits also add a linear model of the example's hashed token
 n-grams of orders 1..n (`heads.NgramBag`, the same value at each of its positions): a
 bag of n-grams, which a linear text classifier learns from few examples, beside the
-transformer's reading, which needs more.
+transformer's reading, which needs more. With `ngram_loss_weight` v > 0, training also
+scores the bag's logits alone, as a classifier of its own:
+
+    L = (sum_label nll(head + bag) + v * sum_label nll(bag)) / examples
+
+Once the transformer fits the training set, the joint loss, and with it the bag's
+gradient, vanishes; the bag's own loss keeps training it toward the linear model it would
+be alone, and the two are then summed as an ensemble's logits.
 
 With a `pos_tagger` (`bloom_jax.pos_features`), the text is encoded word by word, as
 tagging encodes it (each whitespace word's subwords, a space before all but the first),
@@ -106,6 +113,8 @@ class Classification(base.TaskType):
       predicts = np.pad((segment[:, :-1] == segment[:, 1:]) & (segment[:, :-1] > 0),
                         ((0, 0), (0, 1)))
       out.update(base.source_lm_fields(out, predicts, task.source_lm_weight, pad_id))
+    if task.ngram_loss_weight:
+      out['ngram_weights'] = (out['weights'] * task.ngram_loss_weight).astype(np.float32)
     return out
 
   def target_values(self, task, rows) -> np.ndarray:
@@ -134,23 +143,29 @@ class Classification(base.TaskType):
                             ngram_buckets=task.ngram_buckets, ngram_scale=task.ngram_scale)
 
   def logits(self, model, task, hidden, batch, dropout_key):
-    """[B, S, labels] logits at every position; in training with a source loss,
-    {'target': those, 'source': [B, S, V] logits at every position}."""
-    logits = self.head_outputs(model, task, hidden, batch, dropout_key)
-    if task.source_lm_weight and dropout_key is not None:
-      return {'target': logits, 'source': model.bloom.logits(hidden)}
-    return logits
+    """[B, S, labels] logits at every position; in training with auxiliary losses, a dict
+    of those ('target') and their inputs (`base.TaskType.losses`): 'source', [B, S, V]
+    logits at every position, and 'ngrams', the bag's logits alone."""
+    logits, bag = self.head_outputs(model, task, hidden, batch, dropout_key)
+    if dropout_key is None or not (task.source_lm_weight or task.ngram_loss_weight):
+      return logits
+    out = {'target': logits}
+    if task.source_lm_weight:
+      out['source'] = model.bloom.logits(hidden)
+    if task.ngram_loss_weight:
+      out['ngrams'] = bag
+    return out
 
   def head_outputs(self, model, task, hidden, batch, dropout_key):
-    """The head at every position, or with `pooling='mean'` its mean over each example;
-    with `ngrams`, plus the example's bag of n-grams."""
+    """(outputs, bag): the head at every position, or with `pooling='mean'` its mean over
+    each example, plus with `ngrams` the example's bag of n-grams; and that bag alone
+    (None without `ngrams`)."""
     head = model.heads[task.name]
     out = head(hidden, dropout_key)
     if task.pooling == 'mean':
       out = layers.segment_mean(out, batch['segment_ids'])
-    if task.ngrams:
-      out = out + head.ngrams(batch['input_ids'], batch['segment_ids'])
-    return out
+    bag = head.ngrams(batch['input_ids'], batch['segment_ids']) if task.ngrams else None
+    return (out if bag is None else out + bag), bag
 
   def vocab_positions(self, task):
     return task.max_length if task.source_lm_weight else 0

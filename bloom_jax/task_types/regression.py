@@ -8,6 +8,7 @@ Spearman's correlation as the metrics.
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -47,9 +48,12 @@ class Regression(Classification):
     return 1  # the score
 
   def logits(self, model, task, hidden, batch, dropout_key):
-    return self.head_outputs(model, task, hidden, batch, dropout_key)[..., 0]
+    outputs = super().logits(model, task, hidden, batch, dropout_key)
+    return jax.tree.map(lambda x: x[..., 0], outputs)  # the score, alone or with the bag's
 
   def losses(self, logits, batch):
+    if isinstance(logits, dict):  # with the bag's own loss
+      return super().losses(logits, batch)
     error = logits - batch['targets'].astype(jnp.float32)
     return jnp.square(error), batch['weights'].astype(jnp.float32), None
 
