@@ -38,7 +38,8 @@ def test_token_products_read_every_weight_matrix_once():
 
 
 def test_mixture_layouts_train_the_same_tokens_per_step():
-  """The packed and unpacked real-data mixtures differ only in how examples fill rows."""
+  """The packed and unpacked real-data mixtures differ only in how examples fill rows, the
+  one with bags of n-grams only in its classifiers' bags."""
   from scripts.bench import mixture
 
   layouts = mixture.layouts()
@@ -47,5 +48,9 @@ def test_mixture_layouts_train_the_same_tokens_per_step():
     rates = {t: c.rate * config.data.batch_size for t, c in config.tasks.items()}
     tokens[name] = sum(round(rates[t]) * c.max_length for t, c in config.tasks.items())
   expected = sum(rows * length for rows, length in real_multitask.TASKS.values())
-  assert tokens['packed'] == tokens['unpacked'] == expected
+  assert tokens['packed'] == tokens['unpacked'] == tokens['ngrams'] == expected
   assert layouts['packed'].data.pack and not layouts['unpacked'].data.pack
+  bags = {t: c.ngrams for t, c in layouts['ngrams'].tasks.items() if c.get('ngrams')}
+  assert bags == {'sst2': mixture.NGRAMS, 'trec': mixture.NGRAMS}
+  assert not any(c.get('ngrams') for c in layouts['packed'].tasks.values())
+  assert layouts['ngrams'].data.pack

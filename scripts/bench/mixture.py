@@ -1,11 +1,15 @@
 """The real-data mixture (configs/real_multitask.py): examples per second for each task and
-non-padding tokens per second, with packed rows against one example per row; and how many
-batches per second the input pipeline delivers against the steps per second it feeds.
+non-padding tokens per second, with packed rows against one example per row; what a bag
+of n-grams beside the classifiers' heads (`tasks.<name>.ngrams`) costs a packed step; and
+how many batches per second the input pipeline delivers against the steps per second it
+feeds.
 
-Both layouts train the same model on rows of the same shapes (the same tokens per step);
-the unpacked one is the mixture as it was before packing. Their train steps run in turns
-on real batches, so the machine's drift hits both alike. The input is timed alone, from a
-fresh iterator (its reading and packing threads start cold) over `INPUT_BATCHES` batches.
+The layouts train the same model on rows of the same shapes (the same tokens per step);
+the unpacked one is the mixture as it was before packing, the 'ngrams' one the packed
+mixture with a bag of 1..`NGRAMS`-grams on every classifier that takes one. Their train
+steps run in turns on real batches, so the machine's drift hits them alike. The input is
+timed alone, from a fresh iterator (its reading and packing threads start cold) over
+`INPUT_BATCHES` batches.
 """
 
 import statistics
@@ -19,13 +23,18 @@ from bloom_jax.data import pipeline
 from configs import real_multitask
 
 INPUT_BATCHES = 300
+NGRAMS = 3
 
 
 def layouts() -> dict:
   packed = real_multitask.get_config()
   unpacked = real_multitask.get_config()
   unpacked.data.pack = False
-  return {'unpacked': unpacked, 'packed': packed}
+  bag = real_multitask.get_config()
+  for task in bag.tasks.values():
+    if 'ngrams' in task:
+      task.ngrams = NGRAMS
+  return {'unpacked': unpacked, 'packed': packed, 'ngrams': bag}
 
 
 class _Trainer:
@@ -66,7 +75,8 @@ class _Trainer:
 
 
 def bench_mixture(steps: int, log) -> dict:
-  """{'unpacked': ..., 'packed': ..., 'examples_per_s_ratio': {task: packed / unpacked}}."""
+  """{'unpacked': ..., 'packed': ..., 'ngrams': ..., 'examples_per_s_ratio': {task: packed /
+  unpacked}, 'ngrams_step_ratio': the bag's step time / packed's}."""
   mesh = sharding.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
   trainers = {}
   for name, config in layouts().items():
@@ -88,6 +98,7 @@ def bench_mixture(steps: int, log) -> dict:
   out['examples_per_s_ratio'] = {
       task: out['packed']['tasks'][task]['examples_per_s']
       / out['unpacked']['tasks'][task]['examples_per_s'] for task in out['packed']['tasks']}
+  out['ngrams_step_ratio'] = out['ngrams']['step_s'] / out['packed']['step_s']
   return out
 
 
@@ -102,7 +113,7 @@ def input_rate(pipe, batches: int) -> float:
 
 def table(results: dict) -> list[tuple[str, str]]:
   rows = []
-  for layout in ('unpacked', 'packed'):
+  for layout in ('unpacked', 'packed', 'ngrams'):
     r = results[layout]
     rows.append((f'mixture {layout}: step', f"{r['step_s'] * 1e3:.0f} ms, "
                  f"{r['tokens_per_step']} tokens, {r['nonpad_tokens_per_s']:.0f} non-pad tok/s"))
@@ -112,6 +123,7 @@ def table(results: dict) -> list[tuple[str, str]]:
                    f"{t['examples_per_s']:.1f} examples/s, non-pad {t['nonpad_fraction']:.1%}"))
   rows.append(('packed / unpacked examples/s', ', '.join(
       f'{t} {x:.2f}x' for t, x in results['examples_per_s_ratio'].items())))
+  rows.append((f'with {NGRAMS}-gram bags / packed step', f"{results['ngrams_step_ratio']:.3f}x"))
   i = results['input']
   rows.append(('input (packed) / step', f"{i['batches_per_s']:.1f} batches/s against "
                f"{i['steps_per_s']:.2f} steps/s: {i['ratio']:.1f}x"))
