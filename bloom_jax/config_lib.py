@@ -10,7 +10,7 @@ import os
 import jax
 import ml_collections
 
-from bloom_jax import sharding
+from bloom_jax import optim, sharding
 from bloom_jax.errors import ConfigError, DataError
 from bloom_jax.model import BloomConfig
 from bloom_jax.steps import LOSS_BALANCING
@@ -139,6 +139,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       or not 0 <= ema_decay < 1):
     raise ConfigError(f'optimizer.ema_decay: must be in [0, 1) (0: no moving average), '
                       f'got {ema_decay!r}')
+  bag_optimizer = config.optimizer.get('ngram_optimizer', 'adamw')
+  if bag_optimizer not in optim.NGRAM_OPTIMIZERS:
+    raise ConfigError(f'optimizer.ngram_optimizer: must be one of '
+                      f'{", ".join(optim.NGRAM_OPTIMIZERS)}, got {bag_optimizer!r}')
+  if bag_optimizer != 'adamw' and not config.optimizer.get('ngram_learning_rate', 0.0) > 0:
+    raise ConfigError(f'optimizer.ngram_learning_rate: must be > 0 with ngram_optimizer='
+                      f'{bag_optimizer!r}, got {config.optimizer.get("ngram_learning_rate")!r}')
   balancing = config.get('loss_balancing', 'static')
   if balancing not in LOSS_BALANCING:
     raise ConfigError(f'loss_balancing: must be one of {", ".join(LOSS_BALANCING)}, '

@@ -1,14 +1,26 @@
-"""AdamW with warmup and decay, gradient clipping, and no weight decay on norms/biases."""
+"""AdamW with warmup and decay, gradient clipping, and no weight decay on norms/biases.
+
+With `optimizer.ngram_optimizer` 'sgd' or 'adagrad', the classifiers' bags of n-grams
+(`heads.NgramBag`) are trained by that optimizer instead, at their own peak learning rate
+`optimizer.ngram_learning_rate` on the same schedule, without weight decay or clipping.
+Adam moves every coordinate by about the learning rate whatever its gradient's size, so an
+n-gram seen once weighs, after a few steps of momentum, about as much as one seen in every
+batch; a linear model of sparse features is trained by SGD (fastText) or Adagrad instead.
+"""
 
 import jax
 import jax.numpy as jnp
 import optax
 
 SCHEDULES = ('cosine', 'linear', 'constant')
+NGRAM_OPTIMIZERS = {'adamw': None, 'sgd': optax.sgd, 'adagrad': optax.adagrad}
 
 
-def learning_rate_schedule(opt_config, total_steps: int) -> optax.Schedule:
-  peak, warmup = opt_config.learning_rate, opt_config.warmup_steps
+def learning_rate_schedule(opt_config, total_steps: int, peak: float | None = None
+                           ) -> optax.Schedule:
+  """Linear warmup to `peak` (default the config's learning rate), then the decay."""
+  peak = opt_config.learning_rate if peak is None else peak
+  warmup = opt_config.warmup_steps
   decay_steps = max(total_steps - warmup, 1)
   if opt_config.schedule == 'cosine':
     decay = optax.cosine_decay_schedule(peak, decay_steps)
@@ -17,6 +29,16 @@ def learning_rate_schedule(opt_config, total_steps: int) -> optax.Schedule:
   else:
     decay = optax.constant_schedule(peak)
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def _names(path) -> list[str]:
+  return [str(getattr(k, 'key', k)) for k in path]
+
+
+def ngram_labels(params):
+  """'ngrams' for the parameters of the bags of n-grams, 'rest' for every other one."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: 'ngrams' if 'ngrams' in _names(path) else 'rest', params)
 
 
 def decay_mask(params):
@@ -52,9 +74,17 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
 
 
 def make_optimizer(opt_config, total_steps: int) -> optax.GradientTransformation:
-  return optax.chain(
+  optimizer = optax.chain(
       clip_by_global_norm(opt_config.clip_norm),
       optax.adamw(learning_rate_schedule(opt_config, total_steps), b1=opt_config.b1,
                   b2=opt_config.b2, eps=1e-8, weight_decay=opt_config.weight_decay,
                   mask=decay_mask),
   )
+  bag_optimizer = NGRAM_OPTIMIZERS[getattr(opt_config, 'ngram_optimizer', 'adamw')]
+  if bag_optimizer is None:
+    return optimizer
+  # Unclipped: a clip factor cancels in Adam's update, in SGD's it would scale the bags'
+  # learning rate by the norm of every other gradient.
+  bag = bag_optimizer(learning_rate_schedule(opt_config, total_steps,
+                                             opt_config.ngram_learning_rate))
+  return optax.partition({'rest': optimizer, 'ngrams': bag}, ngram_labels)

@@ -233,10 +233,13 @@ def _peak_flops(config, mesh) -> tuple[float, str]:
   return flops.device_peak(mesh.devices.flat[0], config.model.dtype)
 
 
-# Keys whose value decides which arrays the train state holds: ema_params, and the
-# uncertainty method's log-variances among the parameters.
+# Keys whose value decides which arrays the train state holds: ema_params, the bags of
+# n-grams' own optimizer state, and the uncertainty method's log-variances among the
+# parameters.
 _STATE_KEYS = {
     'optimizer.ema_decay': config_lib.keeps_average,
+    'optimizer.ngram_optimizer': lambda c: (c.get('optimizer') or {}).get('ngram_optimizer',
+                                                                          'adamw'),
     'loss_balancing': lambda c: c.get('loss_balancing', 'static') == 'uncertainty',
 }
 

@@ -97,4 +97,7 @@ def get_config(arg=None):
   c.optimizer.grad_accum = 1       # micro-batches per update
   c.optimizer.ema_decay = 0.0      # > 0: evaluate, predict and export a moving average of the
                                    #   parameters with this decay (0: the parameters)
+  c.optimizer.ngram_optimizer = 'adamw'  # the bags of n-grams (tasks.<name>.ngrams): 'adamw'
+                                   #   as the rest, or 'sgd' | 'adagrad' at their own
+  c.optimizer.ngram_learning_rate = 0.0  # peak learning rate (docs/multitask.md)
   return c

@@ -134,15 +134,17 @@ def test_a_tagger_run_tags_with_its_average(averaged):
   jax.tree.map(np.testing.assert_array_equal, restored, state['ema_params'])
 
 
-@pytest.mark.parametrize('change', [dict(ema_decay=0.5), dict(loss_balancing='uncertainty')])
-def test_resuming_with_another_state_is_refused_naming_the_key(averaged, change):
+@pytest.mark.parametrize('key, change', [
+    ('optimizer.ema_decay', dict(ema_decay=0.5)),
+    ('optimizer.ngram_optimizer', dict(ngram_optimizer='sgd', ngram_learning_rate=1.0)),
+    ('loss_balancing', dict(loss_balancing='uncertainty'))])
+def test_resuming_with_another_state_is_refused_naming_the_key(averaged, key, change):
   plain = averaged[0]
   before = {p: open(os.path.join(plain, p), 'rb').read() for p in ('config.json',
                                                                    'metrics.jsonl')}
-  config = _config(**{k: v for k, v in change.items() if k == 'ema_decay'})
-  config.update({k: v for k, v in change.items() if k != 'ema_decay'})
+  config = _config(**{k: v for k, v in change.items() if k != 'loss_balancing'})
+  config.update({k: v for k, v in change.items() if k == 'loss_balancing'})
   config.total_steps = 8
-  key = 'optimizer.ema_decay' if 'ema_decay' in change else 'loss_balancing'
   with pytest.raises(ConfigError, match=rf'{key}: {plain} holds a run saved with'):
     train.train_and_evaluate(config, plain)
   # Nothing saved was touched: the run resumes with its own config.

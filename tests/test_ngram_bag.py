@@ -18,7 +18,7 @@ import optax
 import pytest
 from flax import nnx
 
-from bloom_jax import heads, runs, sharding, steps, tasks, tokenizer
+from bloom_jax import config_lib, heads, runs, sharding, steps, tasks, tokenizer
 from bloom_jax.data import pipeline
 from bloom_jax.errors import ConfigError
 from bloom_jax.model import BloomConfig
@@ -168,6 +168,20 @@ def test_the_bag_alone_learns_what_its_ngrams_say(tok):
   assert moved == used
 
 
+def test_the_bags_optimizer_is_checked():
+  config = tiny_config()
+  config.optimizer.ngram_optimizer = 'rmsprop'
+  with pytest.raises(ConfigError, match='optimizer.ngram_optimizer: must be one of adamw, sgd, '
+                                        "adagrad, got 'rmsprop'"):
+    config_lib.validate(config)
+  config.optimizer.ngram_optimizer = 'sgd'
+  with pytest.raises(ConfigError, match="optimizer.ngram_learning_rate: must be > 0 with "
+                                        "ngram_optimizer='sgd', got 0.0"):
+    config_lib.validate(config)
+  config.optimizer.ngram_learning_rate = 1.0
+  config_lib.validate(config)
+
+
 @pytest.mark.parametrize('task_type', [CLASSIFICATION, REGRESSION])
 def test_the_bags_own_loss_adds_its_weighted_terms_in_training_only(tok, task_type):
   weight = 0.5
@@ -229,6 +243,7 @@ def test_ngrams_are_checked_by_value_and_task_type():
 def test_sharded_steps_with_the_bag_match_one_device(tmp_path):
   config = tiny_config()
   config.tasks.sentiment.update(ngrams=2, ngram_buckets=1000, ngram_loss_weight=0.5)
+  config.optimizer.update(ngram_optimizer='sgd', ngram_learning_rate=0.5)
   pipe = pipeline.Pipeline(config, workdir=str(tmp_path), multiple=8)
 
   def two_steps(mesh):
