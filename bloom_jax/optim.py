@@ -45,7 +45,7 @@ def decay_mask(params):
   """Weight decay on matrices only: kernels and the embedding table, never on LayerNorm
   scales or biases (stacked layers make those 2-D, so the name decides, not the rank)."""
   def decays(path, _):
-    name = str(getattr(path[-1], 'key', path[-1]))
+    name = _names(path)[-1]
     return name.endswith('kernel') or name == 'word_embeddings'
 
   return jax.tree_util.tree_map_with_path(decays, params)
