@@ -13,7 +13,7 @@ import ml_collections
 from bloom_jax import optim, sharding
 from bloom_jax.errors import ConfigError, DataError
 from bloom_jax.model import BloomConfig
-from bloom_jax.steps import LOSS_BALANCING
+from bloom_jax.steps import GRADNORM_SCOPES, LOSS_BALANCING
 
 REQUIRED = ('seed', 'total_steps', 'log_every', 'eval_every', 'checkpoint_every',
             'mesh.data', 'mesh.fsdp', 'mesh.tensor', 'data.dir', 'model', 'optimizer', 'tasks')
@@ -153,6 +153,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if not config.get('gradnorm_max_gain', 0.0) >= 0:
     raise ConfigError(f'gradnorm_max_gain: must be >= 0 (0: no cap), '
                       f'got {config.gradnorm_max_gain!r}')
+  if config.get('gradnorm_scope', 'all') not in GRADNORM_SCOPES:
+    raise ConfigError(f'gradnorm_scope: must be one of {", ".join(GRADNORM_SCOPES)}, '
+                      f'got {config.gradnorm_scope!r}')
   if config.get('best_mode', 'max') not in ('max', 'min'):
     raise ConfigError(f"best_mode: must be 'max' or 'min', got {config.best_mode!r}")
   if not config.tasks:

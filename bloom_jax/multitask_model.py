@@ -15,6 +15,10 @@ A task with `token_dropout` p > 0 trains on rows where each token inside an exam
 its word embedding zeroed with probability p (`layers.token_dropout_keep`; its tag
 embedding, if any, stays): the model cannot lean on any one word, and evaluation, which
 passes no dropout key, sees every word.
+
+`shared_mask` tells the trunk's parameters, which every task's gradient reaches, from the
+ones a single task owns (its head, tag embeddings and log-variance), which only its own
+does: `gradnorm_scope='shared'` balances the tasks over the former only (steps.py).
 """
 
 import jax
@@ -70,6 +74,17 @@ class MultiTaskModel(nnx.Module):
         prefix_mask=batch.get('prefix_mask'), added_embeddings=tags, keep_tokens=keep,
         dropout_key=trunk_key)
     return task.type.logits(self, task, hidden, batch, head_key)
+
+
+# The model's per-task collections: a leaf under one of them belongs to one task alone.
+TASK_OWNED = ('heads', 'tag_embeddings', 'task_log_variances')
+
+
+def shared_mask(params) -> dict:
+  """A tree like `params`: True for each parameter every task's gradient reaches, False for
+  one a single task owns."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: str(getattr(path[0], 'key', path[0])) not in TASK_OWNED, params)
 
 
 def unstacked_trunk(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[nnx.GraphDef, nnx.State]:

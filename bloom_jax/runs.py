@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 from bloom_jax import checkpointing, compat, config_lib, hf, optim, sharding, steps
 from bloom_jax.data import pipeline
 from bloom_jax.model import BloomConfig
-from bloom_jax.multitask_model import MultiTaskModel
+from bloom_jax.multitask_model import MultiTaskModel, shared_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +94,8 @@ def build(config, tasks: dict, vocab_size: int, mesh) -> Setup:
       schedule=optim.learning_rate_schedule(config.optimizer, config.total_steps),
       seed=config.seed, grad_accum=config.optimizer.grad_accum, balancing=balancing,
       max_gain=float(config.get('gradnorm_max_gain', 0.0)),
+      shared=(shared_mask(abstract_params)  # runs saved before the key: 'all'
+              if config.get('gradnorm_scope', 'all') == 'shared' else None),
       ema_decay=float(config.optimizer.get('ema_decay', 0.0)))  # runs saved before the key: 0
   train_step = jax.jit(
       compat.traced_under(mesh, step),  # the activations' sharding constraints apply

@@ -5,7 +5,8 @@
 `loss_balancing` (LOSS_BALANCING) chooses how the tasks' terms combine beyond the static
 weights w_t (docs/multitask.md): 'static' sums them as above; 'gradnorm_per_task' rescales
 each task's gradient to a common norm before summing (`max_gain` caps how far a vanishing
-one is scaled up); 'uncertainty' learns a log-variance s_t per task,
+one is scaled up; with a `shared` mask, over the shared parameters only); 'uncertainty'
+learns a log-variance s_t per task,
 sum_t w_t * (exp(-s_t) * L_t + s_t / 2).
 
 The train state is a plain pytree {params, opt_state, step, nonfinite}, plus `ema_params`
@@ -27,6 +28,7 @@ from flax import nnx
 from bloom_jax import compat
 
 LOSS_BALANCING = ('static', 'gradnorm_per_task', 'uncertainty')
+GRADNORM_SCOPES = ('all', 'shared')  # config gradnorm_scope: 'shared' passes a `shared` mask
 
 
 def task_statistics(model, task, batch, dropout_key=None):
@@ -86,7 +88,7 @@ def uncertainty_term(log_variance, stats, denominator):
           + 0.5 * log_variance * stats['count']) / denominator
 
 
-def per_task_normalised(loss_and_grad, params, tasks, max_gain=0.0):
+def per_task_normalised(loss_and_grad, params, tasks, max_gain=0.0, shared=None):
   """((loss, stats), gradient, effective weights) of 'gradnorm_per_task' balancing:
 
       g = sum_t w_t * a_t * G_t,   a_t = m / |G_t|,   G_t = grad(w_t * L_t),   m = mean_t |G_t|
@@ -102,22 +104,38 @@ def per_task_normalised(loss_and_grad, params, tasks, max_gain=0.0):
   and every task's gradient is kept until the last norm is: T gradient-sized buffers. With
   no cap m factors out of the sum, and one running sum of G_t / |G_t| is enough.
 
+  `shared` (a tree of bools like `params`, multitask_model.shared_mask; config
+  `gradnorm_scope='shared'`): |G_t|, and so a_t and m, are norms over the shared parameters
+  only, and only those take the gain; a task's own parameters (its head, n-gram bag, tag
+  embeddings) keep G_t, as with static weights. GradNorm (Chen et al. 2018) measures its
+  norms at shared weights for the same reason: a task's head is not competing with
+  anyone, and over every parameter a large head gradient (TREC-6's is as large as its
+  trunk's at initialisation) or a bag of n-grams makes its task look louder than it is on
+  the trunk. It also leaves a head trained by SGD at the step size it has alone. None:
+  every parameter counts and is scaled.
+
   One backward pass per task. Each task already had its own forward pass through the
   trunk (its own sub-batch), so the passes cost what the joint one does; the extra is a
   norm and a scaled add per task over the gradient. A task with no gradient (no weighted
   position, or w_t = 0) adds nothing; a non-finite norm makes m, and so the step,
   non-finite, which skips it as with static weights.
   """
+  if shared is None:
+    shared = jax.tree.map(lambda _: True, params)
+
+  def scaled(tree, factor):  # the shared leaves times `factor`, the task-owned ones as they are
+    return jax.tree.map(lambda g, s: g * factor.astype(g.dtype) if s else g, tree, shared)
+
   loss, stats, norms, kept = 0.0, {}, [], []
   for i, task in enumerate(tasks):
     (task_loss, task_stats), grads = loss_and_grad(params, only=i)
-    norm = optax.tree.norm(grads)
+    norm = optax.tree.norm([g for g, s in zip(jax.tree.leaves(grads), jax.tree.leaves(shared),
+                                              strict=True) if s])
     if max_gain:
       kept.append(grads)
     else:
-      scale = jnp.where(norm > 0, task.loss_weight / norm, 0.0)
-      scaled = jax.tree.map(lambda g, scale=scale: g * scale.astype(g.dtype), grads)
-      kept = [scaled if not kept else jax.tree.map(jnp.add, kept[0], scaled)]
+      term = scaled(grads, jnp.where(norm > 0, task.loss_weight / norm, 0.0))
+      kept = [term if not kept else jax.tree.map(jnp.add, kept[0], term)]
     loss, norms = loss + task_loss, norms + [norm]
     stats.update(task_stats)
   mean = jnp.mean(jnp.stack(norms))
@@ -126,9 +144,10 @@ def per_task_normalised(loss_and_grad, params, tasks, max_gain=0.0):
     gains = [jnp.minimum(a, max_gain) for a in gains]
     scales = [t.loss_weight * a for t, a in zip(tasks, gains, strict=True)]
     grads = jax.tree.map(
-        lambda *gs: sum(s.astype(g.dtype) * g for s, g in zip(scales, gs, strict=True)), *kept)
+        lambda s, *gs: sum((f.astype(g.dtype) * g if s else g)
+                           for f, g in zip(scales, gs, strict=True)), shared, *kept)
   else:
-    grads = jax.tree.map(lambda g: g * mean.astype(g.dtype), kept[0])
+    grads = scaled(kept[0], mean)
   weights = {t.name: t.loss_weight ** 2 * a for t, a in zip(tasks, gains, strict=True)}
   return (loss, stats), grads, weights
 
@@ -165,7 +184,8 @@ def ema_update(average, params, step, decay):
 
 
 def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, schedule,
-               seed, grad_accum, balancing='static', max_gain=0.0, ema_decay=0.0):
+               seed, grad_accum, balancing='static', max_gain=0.0, shared=None,
+               ema_decay=0.0):
   step = state['step']
   dropout_key = jax.random.fold_in(jax.random.key(seed), step)
   counts = {t.name: jnp.sum(batch[t.name]['weights'].astype(jnp.float32)) for t in tasks}
@@ -195,7 +215,7 @@ def train_step(state, batch, *, graphdef, abstract_state, tasks, optimizer, sche
   # `weights`: the weight each L_t has in this step's gradient, logged as <task>/weight.
   if balancing == 'gradnorm_per_task':
     (loss, stats), grads, weights = per_task_normalised(loss_and_grad, state['params'], tasks,
-                                                        max_gain)
+                                                        max_gain, shared)
   else:
     (loss, stats), grads = loss_and_grad(state['params'])
     weights = {t.name: t.loss_weight for t in tasks}

@@ -32,6 +32,8 @@ def get_config(arg=None):
                                    #   'gradnorm_per_task' | 'uncertainty' (docs/multitask.md)
   c.gradnorm_max_gain = 0.0        # gradnorm_per_task: cap on the factor a task's gradient is
                                    #   scaled up by (0: none); read by no other method
+  c.gradnorm_scope = 'all'         # gradnorm_per_task: the parameters its norms and gains are
+                                   #   over, 'all' | 'shared' (the trunk; docs/multitask.md)
   c.tensorboard = True             # also write TensorBoard event files (loads TensorFlow)
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1 fills the devices

@@ -13,10 +13,11 @@ import optax
 import pytest
 from flax import nnx
 
-from bloom_jax import compat, config_lib, hf, runs, steps, train
+from bloom_jax import compat, config_lib, hf, runs, sharding, steps, tasks, train
+from bloom_jax.data import pipeline
 from bloom_jax.errors import ConfigError
 from bloom_jax.model import BloomConfig
-from bloom_jax.multitask_model import MultiTaskModel
+from bloom_jax.multitask_model import MultiTaskModel, shared_mask
 from bloom_jax.sweeps import definitions
 from bloom_jax.task_types import LM
 from bloom_jax.tasks import TaskSpec
@@ -129,6 +130,94 @@ def test_max_gain_caps_how_far_a_small_gradient_is_scaled_up():
   none, loose = (jax.device_get(_setup((1.0, 100.0), 'gradnorm_per_task', _gradient_keeper(),
                                        max_gain=gain)[0](state, batch)) for gain in (0.0, 1e3))
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-8), loose, none)
+
+
+def _fixed_gradients():
+  """Parameters of a trunk and two tasks' heads, and a `loss_and_grad` whose task gradients
+  are fixed: task a's is 3 on the trunk and 4 on its head, task b's 1 and 10."""
+  params = {'bloom': {'w': jnp.zeros(3)},
+            'heads': {'a': {'k': jnp.zeros(2)}, 'b': {'k': jnp.zeros(2)}}}
+  grads = [{'bloom': {'w': jnp.array([3.0, 0, 0])},
+            'heads': {'a': {'k': jnp.array([4.0, 0])}, 'b': {'k': jnp.zeros(2)}}},
+           {'bloom': {'w': jnp.array([0, 1.0, 0])},
+            'heads': {'a': {'k': jnp.zeros(2)}, 'b': {'k': jnp.array([0, 10.0])}}}]
+  specs = [TaskSpec(name, LM, source=None) for name in 'ab']
+  return params, (lambda _, only: ((jnp.float32(only), {'ab'[only]: {}}), grads[only])), specs
+
+
+@pytest.mark.parametrize('max_gain', [0.0, 1.5])
+def test_gradnorm_scope_shared_balances_the_trunk_and_leaves_each_head_its_gradient(max_gain):
+  params, loss_and_grad, specs = _fixed_gradients()
+  shared = shared_mask(params)
+  assert shared == {'bloom': {'w': True}, 'heads': {'a': {'k': False}, 'b': {'k': False}}}
+  _, grads, weights = steps.per_task_normalised(loss_and_grad, params, specs, max_gain, shared)
+  # Trunk norms 3 and 1, mean 2: gains 2/3 and 2 (the cap, 1.5, binds on b); heads unscaled.
+  gain_b = min(2.0, max_gain or 2.0)
+  np.testing.assert_allclose(grads['bloom']['w'], [2.0, gain_b, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(grads['heads']['a']['k'], [4.0, 0.0])
+  np.testing.assert_allclose(grads['heads']['b']['k'], [0.0, 10.0])
+  assert float(weights['a']) == pytest.approx(2 / 3) and float(weights['b']) == gain_b
+
+  # Over every parameter (the default) the heads count and take the gain: norms 5 and
+  # sqrt(101); b's large head turns its trunk gradient down.
+  _, grads, _ = steps.per_task_normalised(loss_and_grad, params, specs, max_gain)
+  mean = (5 + np.sqrt(101)) / 2
+  gain_a, gain_b = min(mean / 5, max_gain or np.inf), mean / np.sqrt(101)
+  np.testing.assert_allclose(grads['bloom']['w'], [3 * gain_a, gain_b, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(grads['heads']['b']['k'], [0.0, 10 * gain_b], rtol=1e-6)
+
+
+def test_shared_mask_marks_what_one_task_owns():
+  specs = tasks.configure({'sentiment': dict(ngrams=2, ngram_buckets=64), 'lm': {}})
+  cfg = BloomConfig(vocab_size=50, hidden_size=16, n_head=2, n_layer=1)
+  model = MultiTaskModel(cfg, specs, rngs=nnx.Rngs(0), task_uncertainty=True)
+  mask = shared_mask(compat.to_pure_dict(nnx.state(model)))
+  assert all(jax.tree.leaves(mask['bloom']))
+  for owned in ('heads', 'task_log_variances'):
+    assert mask[owned] and not any(jax.tree.leaves(mask[owned]))
+  assert set(mask) == {'bloom', 'heads', 'task_log_variances'}
+
+
+def test_with_gradnorm_scope_shared_a_bag_by_sgd_steps_as_with_static_weights(tmp_path):
+  """The bag of n-grams, trained by SGD, is owned by its task: 'shared' leaves its update
+  as static weights make it, where 'all' scales it by the task's gain."""
+  config = tiny_config()
+  config.tasks.sentiment.update(ngrams=2, ngram_buckets=1000)
+  config.optimizer.update(ngram_optimizer='sgd', ngram_learning_rate=0.5, warmup_steps=0,
+                          schedule='constant')  # a step that moves the parameters
+  pipe = pipeline.Pipeline(config, workdir=str(tmp_path))
+  mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+  batch = sharding.global_batch(next(pipe.train_iterator()), mesh)
+
+  def bag_and_trunk(**change):
+    setup = runs.build(_changed(config, change), pipe.tasks, pipe.tokenizer.vocab_size, mesh)
+    state, _ = setup.train_step(setup.init_train_state(), batch)
+    params = jax.device_get(state['params'])
+    return params['heads']['sentiment']['ngrams']['kernel'], params['bloom']
+
+  static_bag, static_trunk = bag_and_trunk(loss_balancing='static')
+  shared_bag, shared_trunk = bag_and_trunk(loss_balancing='gradnorm_per_task',
+                                           gradnorm_scope='shared')
+  all_bag, _ = bag_and_trunk(loss_balancing='gradnorm_per_task', gradnorm_scope='all')
+  assert np.abs(static_bag).max() > 0
+  np.testing.assert_allclose(shared_bag, static_bag, rtol=1e-5, atol=1e-8)
+  assert not np.allclose(all_bag, static_bag, rtol=1e-3)
+  # The trunk is balanced: its update differs from the static sum's.
+  assert not all(jax.tree.leaves(jax.tree.map(np.allclose, shared_trunk, static_trunk)))
+
+
+def _changed(config, change):
+  config = config.copy_and_resolve_references()
+  config.update(change)
+  return config
+
+
+def test_an_unknown_gradnorm_scope_is_a_config_error():
+  config = tiny_config()
+  config.gradnorm_scope = 'trunk'
+  with pytest.raises(ConfigError, match=r"^gradnorm_scope: must be one of all, shared, "
+                                        r"got 'trunk'$"):
+    config_lib.validate(config)
 
 
 def test_a_negative_max_gain_is_a_config_error():
