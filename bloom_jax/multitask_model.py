@@ -83,8 +83,8 @@ TASK_OWNED = ('heads', 'tag_embeddings', 'task_log_variances')
 def shared_mask(params) -> dict:
   """A tree like `params`: True for each parameter every task's gradient reaches, False for
   one a single task owns."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: str(getattr(path[0], 'key', path[0])) not in TASK_OWNED, params)
+  return {name: jax.tree.map(lambda _, shared=name not in TASK_OWNED: shared, part)
+          for name, part in params.items()}
 
 
 def unstacked_trunk(graphdef: nnx.GraphDef, state: nnx.State) -> tuple[nnx.GraphDef, nnx.State]:

@@ -190,7 +190,8 @@ def test_with_gradnorm_scope_shared_a_bag_by_sgd_steps_as_with_static_weights(tm
   batch = sharding.global_batch(next(pipe.train_iterator()), mesh)
 
   def bag_and_trunk(**change):
-    setup = runs.build(_changed(config, change), pipe.tasks, pipe.tokenizer.vocab_size, mesh)
+    setup = runs.build(definitions.resolve(config, change), pipe.tasks,
+                       pipe.tokenizer.vocab_size, mesh)
     state, _ = setup.train_step(setup.init_train_state(), batch)
     params = jax.device_get(state['params'])
     return params['heads']['sentiment']['ngrams']['kernel'], params['bloom']
@@ -204,12 +205,6 @@ def test_with_gradnorm_scope_shared_a_bag_by_sgd_steps_as_with_static_weights(tm
   assert not np.allclose(all_bag, static_bag, rtol=1e-3)
   # The trunk is balanced: its update differs from the static sum's.
   assert not all(jax.tree.leaves(jax.tree.map(np.allclose, shared_trunk, static_trunk)))
-
-
-def _changed(config, change):
-  config = config.copy_and_resolve_references()
-  config.update(change)
-  return config
 
 
 def test_a_negative_max_gain_is_a_config_error():
