@@ -32,9 +32,11 @@ GRADNORM_SCOPES = ('all', 'shared')  # config gradnorm_scope: 'shared' passes a 
 
 
 def task_statistics(model, task, batch, dropout_key=None):
-  """Loss sums and prediction counts of one task's sub-batch of packed rows."""
+  """Loss sums and prediction counts of one task's sub-batch of packed rows. A
+  `dropout_key` means training, and only training smooths labels."""
   logits = model(task, batch, dropout_key)
-  loss, weights, correct = task.type.losses(logits, batch)
+  smoothing = 0.0 if dropout_key is None else task.label_smoothing
+  loss, weights, correct = task.type.losses(logits, batch, smoothing)
   stats = {'loss_sum': jnp.sum(loss * weights), 'count': jnp.sum(weights),
            'examples': count_segments(batch['segment_ids'])}
   if correct is not None:

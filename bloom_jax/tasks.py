@@ -62,6 +62,8 @@ class TaskSpec:
                                    #   to the rest's (docs/multitask.md)
   ngram_loss_weight: float = 0.0   # training: weight of a loss on the bag's logits alone,
                                    #   beside the joint one (0: none)
+  label_smoothing: float = 0.0     # classification, tagging: training's targets put this
+                                   #   much of the label's probability evenly on all labels
   rate: float = 1.0
   loss_weight: float = 1.0
   batch_size: int = 0              # global rows per step, set from the mixture
@@ -144,13 +146,13 @@ REGISTRY: dict[str, TaskSpec] = {t.name: t for t in [
 CONFIG_KEYS = ('rate', 'loss_weight', 'max_length', 'max_target_length', 'stopwords',
                'attention', 'labels', 'pos_tagger', 'source_lm_weight', 'decoding', 'copy',
                'pooling', 'token_dropout', 'ngrams', 'ngram_buckets', 'ngram_scale',
-               'ngram_loss_weight')
+               'ngram_loss_weight', 'label_smoothing')
 FIELD_TYPES = {'rate': (int, float), 'loss_weight': (int, float), 'max_length': (int,),
                'max_target_length': (int,), 'stopwords': (bool,), 'attention': (str,),
                'pos_tagger': (str,), 'source_lm_weight': (int, float), 'copy': (bool,),
                'pooling': (str,), 'token_dropout': (int, float), 'ngrams': (int,),
                'ngram_buckets': (int,), 'ngram_scale': (int, float),
-               'ngram_loss_weight': (int, float)}
+               'ngram_loss_weight': (int, float), 'label_smoothing': (int, float)}
 # The keys that declare a task in the config alone (`type`, `reader` and `files` required).
 DECLARE_KEYS = ('type', 'reader', 'files', 'options', 'holdout', 'holdout_seed', 'description')
 SPLITS = ('train', 'validation', 'test')
@@ -192,6 +194,9 @@ def configure(tasks_config, data_dir: str | None = None) -> dict[str, TaskSpec]:
     if spec.ngram_loss_weight < 0 or (spec.ngram_loss_weight and not spec.ngrams):
       raise ConfigError(f'{key}.ngram_loss_weight: must be >= 0, and needs {key}.ngrams > 0; '
                         f'got {spec.ngram_loss_weight} with ngrams={spec.ngrams}')
+    if not 0 <= spec.label_smoothing < 1:
+      raise ConfigError(
+          f'{key}.label_smoothing: a fraction in [0, 1), got {spec.label_smoothing!r}')
     if spec.max_length < 4:
       raise ConfigError(f'{key}.max_length: {spec.max_length} leaves no room for text')
     if spec.attention not in ATTENTION_MODES:

@@ -64,6 +64,8 @@ def get_config(arg=None):
     c.tasks[name] = ml_collections.ConfigDict(
         dict(rate=rows / c.data.batch_size, loss_weight=1.0, max_length=max_length,
              attention='', token_dropout=0.0))  # word dropout: not adopted (docs/results.md)
+  for name in ('pos', 'sst2', 'trec'):  # the labelled tasks: smoothed targets (multitask.md)
+    c.tasks[name].label_smoothing = 0.0
   c.tasks.aeslc.max_target_length = 24  # subjects are short; the rest of the 160 is the body
   # A next-token loss on the body too (needs attention='causal'; docs/multitask.md), and the
   # decoding the evaluations use (greedy; `evaluate --decoding` compares others on dev).

@@ -47,6 +47,7 @@ class TaskType(abc.ABC):
   takes_copy = False             # `copy` (a copy head: tokens copied from the input) applies
   takes_pooling = False          # `pooling` (which states the label is read from) applies
   takes_ngrams = False           # `ngrams` (a bag of the input's hashed token n-grams) applies
+  takes_label_smoothing = False  # `label_smoothing` (training on smoothed label targets) applies
 
   def __repr__(self) -> str:  # stable across processes: it goes into data fingerprints
     return f'task_types.{self.name}'
@@ -81,6 +82,8 @@ class TaskType(abc.ABC):
       raise ConfigError(f'{key}.pooling: not for {self.name} tasks')
     if task.ngrams and not self.takes_ngrams:
       raise ConfigError(f'{key}.ngrams: not for {self.name} tasks')
+    if task.label_smoothing and not self.takes_label_smoothing:
+      raise ConfigError(f'{key}.label_smoothing: not for {self.name} tasks')
 
   # ------------------------------------------------------------------ data
 
@@ -134,27 +137,30 @@ class TaskType(abc.ABC):
     del task
     return 0
 
-  def losses(self, logits, batch: dict):
+  def losses(self, logits, batch: dict, label_smoothing: float = 0.0):
     """(loss, weights, correct) per scored position; `correct` may be None. In training
     with auxiliary losses (`logits` a dict: 'target', and any of 'source', [B, S, V], and
     'ngrams'), the target's terms followed by each auxiliary loss's:
       'source': every position's next-token term (weight 0 but where the next token is
         one of the input's, `source_lm_fields`);
       'ngrams': the target's loss on a bag of n-grams' logits alone (`ngram_weights`).
-    Auxiliary predictions stay out of `correct`: the logged accuracy is the target's."""
+    Auxiliary predictions stay out of `correct`: the logged accuracy is the target's.
+    `label_smoothing` (training passes it) smooths the target's terms, the bag's included
+    (`losses.token_nll`), and leaves the next-token ones as they are."""
     if isinstance(logits, dict):
-      nll, weights, correct = self.losses(logits['target'], batch)
+      nll, weights, correct = self.losses(logits['target'], batch, label_smoothing)
       extra = []
       if 'source' in logits:
         extra.append((losses.token_nll(logits['source'], batch['source_targets'])[0],
                       batch['source_weights']))
       if 'ngrams' in logits:
-        extra.append((self.losses(logits['ngrams'], batch)[0], batch['ngram_weights']))
+        extra.append((self.losses(logits['ngrams'], batch, label_smoothing)[0],
+                      batch['ngram_weights']))
       if correct is not None:
         correct = jnp.concatenate([correct] + [jnp.zeros_like(t, bool) for t, _ in extra], 1)
       return (jnp.concatenate([nll] + [t for t, _ in extra], axis=1),
               jnp.concatenate([weights] + [w for _, w in extra], axis=1), correct)
-    nll, correct = losses.token_nll(logits, batch['targets'])
+    nll, correct = losses.token_nll(logits, batch['targets'], label_smoothing)
     return nll, batch['weights'].astype(jnp.float32), correct
 
   def predictions(self, logits: jax.Array) -> jax.Array:

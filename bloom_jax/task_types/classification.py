@@ -70,6 +70,7 @@ class Classification(base.TaskType):
   takes_source_lm = True
   takes_pooling = True
   takes_ngrams = True
+  takes_label_smoothing = True
   metrics = ('accuracy', 'macro_f1')
   needs_labels = True
 

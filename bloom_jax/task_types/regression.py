@@ -22,6 +22,7 @@ class Regression(Classification):
   metrics = ('pearson', 'spearman')
   needs_labels = False
   takes_source_lm = False  # its loss is squared error on one score, not token logits
+  takes_label_smoothing = False  # nor are there classes to smooth over
 
   def clean(self, task, row):
     row = super().clean(task, row)
@@ -51,7 +52,8 @@ class Regression(Classification):
     outputs = super().logits(model, task, hidden, batch, dropout_key)
     return jax.tree.map(lambda x: x[..., 0], outputs)  # the score, alone or with the bag's
 
-  def losses(self, logits, batch):
+  def losses(self, logits, batch, label_smoothing=0.0):
+    del label_smoothing  # never set for regression (`takes_label_smoothing`)
     if isinstance(logits, dict):  # with the bag's own loss
       return super().losses(logits, batch)
     error = logits - batch['targets'].astype(jnp.float32)

@@ -27,6 +27,7 @@ class Tagging(base.TaskType):
   metrics = ('word_accuracy',)
   needs_labels = True
   input_field = 'words'
+  takes_label_smoothing = True
 
   def clean(self, task, row):
     row = dict(row, words=[text.clean(w) for w in row['words']])
