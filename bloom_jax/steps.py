@@ -33,10 +33,12 @@ GRADNORM_SCOPES = ('all', 'shared')  # config gradnorm_scope: 'shared' passes a 
 
 def task_statistics(model, task, batch, dropout_key=None):
   """Loss sums and prediction counts of one task's sub-batch of packed rows. A
-  `dropout_key` means training, and only training smooths labels."""
+  `dropout_key` means training, and only training smooths labels: the argument goes only
+  to the types that take it (`takes_label_smoothing`), only when it is set."""
   logits = model(task, batch, dropout_key)
-  smoothing = 0.0 if dropout_key is None else task.label_smoothing
-  loss, weights, correct = task.type.losses(logits, batch, smoothing)
+  smoothing = task.label_smoothing if dropout_key is not None else 0.0
+  options = {'label_smoothing': smoothing} if smoothing else {}
+  loss, weights, correct = task.type.losses(logits, batch, **options)
   stats = {'loss_sum': jnp.sum(loss * weights), 'count': jnp.sum(weights),
            'examples': count_segments(batch['segment_ids'])}
   if correct is not None:

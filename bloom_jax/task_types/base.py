@@ -47,7 +47,8 @@ class TaskType(abc.ABC):
   takes_copy = False             # `copy` (a copy head: tokens copied from the input) applies
   takes_pooling = False          # `pooling` (which states the label is read from) applies
   takes_ngrams = False           # `ngrams` (a bag of the input's hashed token n-grams) applies
-  takes_label_smoothing = False  # `label_smoothing` (training on smoothed label targets) applies
+  takes_label_smoothing = False  # `label_smoothing` (training on smoothed label targets)
+                                 #   applies; its `losses` then takes the argument
 
   def __repr__(self) -> str:  # stable across processes: it goes into data fingerprints
     return f'task_types.{self.name}'
@@ -148,14 +149,14 @@ class TaskType(abc.ABC):
     `label_smoothing` (training passes it) smooths the target's terms, the bag's included
     (`losses.token_nll`), and leaves the next-token ones as they are."""
     if isinstance(logits, dict):
-      nll, weights, correct = self.losses(logits['target'], batch, label_smoothing)
+      options = {'label_smoothing': label_smoothing} if label_smoothing else {}
+      nll, weights, correct = self.losses(logits['target'], batch, **options)
       extra = []
       if 'source' in logits:
         extra.append((losses.token_nll(logits['source'], batch['source_targets'])[0],
                       batch['source_weights']))
       if 'ngrams' in logits:
-        extra.append((self.losses(logits['ngrams'], batch, label_smoothing)[0],
-                      batch['ngram_weights']))
+        extra.append((self.losses(logits['ngrams'], batch, **options)[0], batch['ngram_weights']))
       if correct is not None:
         correct = jnp.concatenate([correct] + [jnp.zeros_like(t, bool) for t, _ in extra], 1)
       return (jnp.concatenate([nll] + [t for t, _ in extra], axis=1),

@@ -52,8 +52,7 @@ class Regression(Classification):
     outputs = super().logits(model, task, hidden, batch, dropout_key)
     return jax.tree.map(lambda x: x[..., 0], outputs)  # the score, alone or with the bag's
 
-  def losses(self, logits, batch, label_smoothing=0.0):
-    del label_smoothing  # never set for regression (`takes_label_smoothing`)
+  def losses(self, logits, batch):
     if isinstance(logits, dict):  # with the bag's own loss
       return super().losses(logits, batch)
     error = logits - batch['targets'].astype(jnp.float32)
