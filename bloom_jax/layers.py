@@ -86,6 +86,16 @@ def segment_mean(values: jax.Array, segment_ids: jax.Array) -> jax.Array:
   return total / jnp.maximum(same.sum(-1, keepdims=True), 1)
 
 
+def segment_max(values: jax.Array, segment_ids: jax.Array) -> jax.Array:
+  """[B, S, D] values, [B, S] segment ids (0: padding) -> at each position, the elementwise
+  max of `values` over its segment (0 at padding): a scatter-max per row, where the mask
+  `segment_mean` uses would cost [B, S, S, D]."""
+  def row(v, ids):
+    return jax.ops.segment_max(v, ids, num_segments=ids.shape[0] + 1)[ids]
+  top = jax.vmap(row)(values, segment_ids)
+  return jnp.where(segment_ids[..., None] > 0, top, 0).astype(values.dtype)
+
+
 def alibi_bias(key_positions: jax.Array, n_head: int) -> jax.Array:
   """[B, K] key positions -> [B, n_head, 1, K] float32 bias, BLOOM's causal form.
 

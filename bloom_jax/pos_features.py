@@ -145,9 +145,9 @@ class _TaggerModel:
     tags = np.concatenate([
         np.asarray(self._predict({k: v[s:s + ROWS_PER_CALL] for k, v in padded.items()}))
         for s in range(0, total, ROWS_PER_CALL)])[:total] if total else np.zeros((0, 0), np.int32)
-    # The tagging type marks each word's first subword, in word order within an example.
-    first = rows['weights'] > 0
-    example, word_tags = rows['example'][first], tags[first] + 1
+    # The tagging type marks the subword each word is read at, in word order within an example.
+    read = rows['weights'] > 0
+    example, word_tags = rows['example'][read], tags[read] + 1
     order = np.argsort(example, kind='stable')
     per_example = np.split(word_tags[order], np.cumsum(np.bincount(example, minlength=n))[:-1])
     return [t.tolist() + [0] * (len(words) - len(t))

@@ -52,7 +52,10 @@ class TaskSpec:
   copy: bool = False               # generation: a copy head, which mixes copying source
                                    #   tokens into the output distribution (pointer-generator)
   pooling: str = 'last'            # classification, regression: the label is read from the
-                                   #   last token's state ('last') or the example's mean ('mean')
+                                   #   last token's state ('last'), or the head is applied to
+                                   #   the example's mean state ('mean') or max state ('max')
+  subword: str = 'first'           # tagging: a word's tag is read at its first subword or
+                                   #   its last ('last')
   token_dropout: float = 0.0       # training: each input token's word embedding is zeroed
                                    #   with this probability (word dropout; 0: none)
   ngrams: int = 0                  # classification, regression: a linear bag of the input's
@@ -145,13 +148,13 @@ REGISTRY: dict[str, TaskSpec] = {t.name: t for t in [
 
 CONFIG_KEYS = ('rate', 'loss_weight', 'max_length', 'max_target_length', 'stopwords',
                'attention', 'labels', 'pos_tagger', 'source_lm_weight', 'decoding', 'copy',
-               'pooling', 'token_dropout', 'ngrams', 'ngram_buckets', 'ngram_scale',
-               'ngram_loss_weight', 'label_smoothing')
+               'pooling', 'subword', 'token_dropout', 'ngrams', 'ngram_buckets',
+               'ngram_scale', 'ngram_loss_weight', 'label_smoothing')
 FIELD_TYPES = {'rate': (int, float), 'loss_weight': (int, float), 'max_length': (int,),
                'max_target_length': (int,), 'stopwords': (bool,), 'attention': (str,),
                'pos_tagger': (str,), 'source_lm_weight': (int, float), 'copy': (bool,),
-               'pooling': (str,), 'token_dropout': (int, float), 'ngrams': (int,),
-               'ngram_buckets': (int,), 'ngram_scale': (int, float),
+               'pooling': (str,), 'subword': (str,), 'token_dropout': (int, float),
+               'ngrams': (int,), 'ngram_buckets': (int,), 'ngram_scale': (int, float),
                'ngram_loss_weight': (int, float), 'label_smoothing': (int, float)}
 # The keys that declare a task in the config alone (`type`, `reader` and `files` required).
 DECLARE_KEYS = ('type', 'reader', 'files', 'options', 'holdout', 'holdout_seed', 'description')

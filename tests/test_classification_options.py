@@ -8,7 +8,8 @@ types that take the loss (generation's other tests: test_generation_options.py).
 
 `pooling`: 'last' (the default) reads the head at each example's last token; 'mean' reads
 the head's mean over the example's tokens, which for a linear head is the head of the mean
-state. Packed rows give each example exactly what it gets alone.
+state; 'max' reads the head of the example's elementwise max state. Packed rows give each
+example exactly what it gets alone.
 """
 
 import functools
@@ -148,40 +149,51 @@ def test_types_without_a_token_loss_refuse_it():
     REGRESSION.check(scores, 'tasks.scores')
 
 
-def test_segment_mean_averages_each_segment_and_zeroes_padding():
+@pytest.mark.parametrize('pool,reduce', [(layers.segment_mean, np.mean),
+                                         (layers.segment_max, np.max)])
+def test_segment_pooling_reduces_each_segment_and_zeroes_padding(pool, reduce):
   segment_ids = np.array([[1, 1, 2, 2, 2, 0], [0, 1, 1, 0, 2, 3]])  # padding between, too
   values = np.random.default_rng(0).normal(size=(2, 6, 3)).astype(np.float32)
   want = np.zeros_like(values)
   for b, row in enumerate(segment_ids):
     for k in set(row[row > 0].tolist()):
-      want[b, row == k] = values[b, row == k].mean(0)
-  got = jax.jit(layers.segment_mean)(jnp.asarray(values), jnp.asarray(segment_ids))
+      want[b, row == k] = reduce(values[b, row == k], axis=0)
+  got = jax.jit(pool)(jnp.asarray(values), jnp.asarray(segment_ids))
   np.testing.assert_allclose(np.asarray(got), want, rtol=TOLERANCE, atol=TOLERANCE)
 
 
-def test_mean_pooling_reads_the_head_of_each_examples_mean_state(tok):
-  rows, batch = _batch(_pooled('mean'), tok)
+def test_segment_max_sends_the_gradient_to_each_segments_maximum():
+  segment_ids = jnp.asarray([[1, 1, 1, 2, 2, 0]])
+  values = jnp.asarray([[[0.5], [2.0], [-1.0], [3.0], [4.0], [9.0]]])
+  grad = jax.grad(lambda v: layers.segment_max(v, segment_ids).sum())(values)
+  # Each segment's maximum is copied to its 3 and 2 positions; padding gets nothing.
+  np.testing.assert_array_equal(np.asarray(grad)[0, :, 0], [0, 3, 0, 0, 2, 0])
+
+
+@pytest.mark.parametrize('pooling,reduce', [('mean', np.mean), ('max', np.max)])
+def test_pooling_reads_the_head_of_each_examples_pooled_state(tok, pooling, reduce):
+  rows, batch = _batch(_pooled(pooling), tok)
   model = _model(tok.vocab_size)
   hidden, _ = model.bloom.hidden_states(batch['input_ids'], segment_ids=batch['segment_ids'],
                                         mode='bidirectional')
   hidden = np.asarray(hidden)
-  mean_logits = np.asarray(model(_pooled('mean'), batch))
+  pooled_logits = np.asarray(model(_pooled(pooling), batch))
   last_logits = np.asarray(model(_pooled('last'), batch))
   checked = 0
   for r, segments in enumerate(rows['segment_ids']):
     for k in range(1, segments.max() + 1):
       at = np.flatnonzero(segments == k)
       assert rows['weights'][r, at[-1]] == 1  # the label is read at the last token
-      want = model.heads['t'](jnp.asarray(hidden[r, at].mean(0))[None, None], None)
-      np.testing.assert_allclose(mean_logits[r, at[-1]], np.asarray(want)[0, 0],
+      want = model.heads['t'](jnp.asarray(reduce(hidden[r, at], axis=0))[None, None], None)
+      np.testing.assert_allclose(pooled_logits[r, at[-1]], np.asarray(want)[0, 0],
                                  rtol=TOLERANCE, atol=TOLERANCE)
       checked += 1
   assert checked == len(ROWS)
   scored = rows['weights'] > 0
-  assert not np.allclose(mean_logits[scored], last_logits[scored])
+  assert not np.allclose(pooled_logits[scored], last_logits[scored])
 
 
-@pytest.mark.parametrize('pooling', ['last', 'mean'])
+@pytest.mark.parametrize('pooling', ['last', 'mean', 'max'])
 def test_packed_examples_get_the_logits_they_get_alone(tok, pooling):
   model = _model(tok.vocab_size)
 
@@ -197,9 +209,10 @@ def test_packed_examples_get_the_logits_they_get_alone(tok, pooling):
 
 
 def test_pooling_is_checked_by_name_and_task_type():
-  with pytest.raises(ConfigError, match=r"tasks.sentiment.pooling: 'max' is not one of"):
-    tasks.configure({'sentiment': dict(pooling='max')})
-  assert tasks.configure({'sentiment': dict(pooling='mean')})['sentiment'].pooling == 'mean'
+  with pytest.raises(ConfigError, match=r"tasks.sentiment.pooling: 'median' is not one of"):
+    tasks.configure({'sentiment': dict(pooling='median')})
+  for pooling in ('mean', 'max'):
+    assert tasks.configure({'sentiment': dict(pooling=pooling)})['sentiment'].pooling == pooling
   assert tasks.configure({'sentiment': {}})['sentiment'].pooling == 'last'
   for name in ('tagging', 'lm', 'summarize'):
     with pytest.raises(ConfigError, match=f'tasks.{name}.pooling: not for'):

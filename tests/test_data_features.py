@@ -1,11 +1,14 @@
-"""Each task type's encoding and rows: layouts, truncation, first-subword tags, generation
-prefix and targets, LM windows, and what packing several examples into a row keeps."""
+"""Each task type's encoding and rows: layouts, truncation, tags at a word's first or last
+subword, generation prefix and targets, LM windows, and what packing several examples
+into a row keeps."""
 
 import numpy as np
 import pytest
 
+from bloom_jax import tasks
 from bloom_jax import tokenizer as tokenizer_lib
 from bloom_jax.data import text
+from bloom_jax.errors import ConfigError
 from bloom_jax.task_types import CLASSIFICATION, GENERATION, LM, TAGGING
 from bloom_jax.task_types.generation import prompt_length, target_budget
 from bloom_jax.task_types.tagging import word_pieces
@@ -101,21 +104,41 @@ def test_classification_rows_weight_each_segments_last_token(tok):
 # --------------------------------------------------------------------------- tagging
 
 
-def test_tagging_labels_first_subword_only(tok):
-  spec = _spec(TAGGING, 32, labels=tuple('ABCDEFGH'))
+@pytest.mark.parametrize('subword', ['first', 'last'])
+def test_tagging_labels_one_subword_per_word(tok, subword):
+  spec = _spec(TAGGING, 32, labels=tuple('ABCDEFGH'), subword=subword)
   words = ['the', 'unbelievably', 'dog']
   examples, info = TAGGING.encode(spec, tok, [{'words': words, 'tags': ['F', 'G', 'H']}], True,
                                   None)
   pieces = word_pieces(tok, [words])[0]
   assert len(pieces[1]) > 1, 'an unseen word should split into several subwords'
   example = examples.example(0)
-  starts = np.cumsum([1] + [len(p) for p in pieces[:-1]])
-  assert np.flatnonzero(example['weights']).tolist() == starts.tolist()
-  assert example['targets'][starts].tolist() == [5, 6, 7]
+  ends = np.cumsum([1] + [len(p) for p in pieces])  # one past each word's last subword
+  reads = ends[:-1] if subword == 'first' else ends[1:] - 1
+  assert np.flatnonzero(example['weights']).tolist() == reads.tolist()
+  assert example['targets'][reads].tolist() == [5, 6, 7]
   assert example['targets'].sum() == 18
   assert example['input_ids'].tolist() == [tok.bos_id] + sum(pieces, []) + [tok.eos_id]
   assert tok.decode(example['input_ids']) == 'the unbelievably dog'
   assert examples.scalars['num_words'].tolist() == [3] and not info['truncated'][0]
+  described = TAGGING.describe(spec, tok, example, {'words': words})
+  assert described == ['    matches source: the/F unbelievably/G dog/H']
+
+
+def test_tagging_reads_a_word_cut_by_max_length_at_neither_subword(tok):
+  """A word whose last subword is cut counts as cut with `subword='last'`, though its first
+  subword is kept: the word is wrong in evaluation either way, and never trained on a piece."""
+  words = ['the', 'unbelievably', 'dog']
+  pieces = word_pieces(tok, [words])[0]
+  max_length = 1 + len(pieces[0]) + 1 + 1  # <s>, 'the', the first piece of the long word, </s>
+  for subword, kept in (('first', 2), ('last', 1)):
+    spec = _spec(TAGGING, max_length, labels=tuple('ABCDEFGH'), subword=subword)
+    examples, info = TAGGING.encode(spec, tok, [{'words': words, 'tags': ['F', 'G', 'H']}],
+                                    True, None)
+    example = examples.example(0)
+    assert info['truncated'][0] and examples.scalars['num_words'][0] == 3
+    assert example['weights'].sum() == kept
+    assert example['targets'][example['weights'] > 0].tolist() == [5, 6][:kept]
 
 
 def test_tagging_truncation_drops_late_words_but_counts_them(tok):
@@ -129,6 +152,16 @@ def test_tagging_truncation_drops_late_words_but_counts_them(tok):
   # The words kept are the first ones, with their own tags.
   kept = int(example['weights'].sum())
   assert example['targets'][example['weights'] > 0].tolist() == list(range(kept))
+
+
+def test_subword_is_checked_by_name_and_task_type():
+  assert tasks.configure({'tagging': dict(subword='last')})['tagging'].subword == 'last'
+  assert tasks.configure({'tagging': {}})['tagging'].subword == 'first'
+  with pytest.raises(ConfigError, match=r"tasks.tagging.subword: 'middle' is not one of"):
+    tasks.configure({'tagging': dict(subword='middle')})
+  for name in ('sentiment', 'lm', 'summarize'):
+    with pytest.raises(ConfigError, match=f'tasks.{name}.subword: not for'):
+      tasks.configure({name: dict(subword='last')})
 
 
 def test_tagging_rows_sum_words_and_keep_tags_in_place(tok):

@@ -551,3 +551,20 @@ def test_preparing_data_leaves_nothing_in_the_system_temp_folder(tmp_path):
   c.tasks.sst2.rate = 1.0
   pipeline.Pipeline(c)
   assert leftovers() <= before
+
+
+def test_the_subword_tags_are_read_at_is_part_of_the_cache_key(synthetic, tmp_path):
+  config, _, _ = synthetic
+  first = config.copy_and_resolve_references()
+  first.tasks.tagging.max_length = 256  # no sentence cut: every word is read either way
+  last = first.copy_and_resolve_references()
+  last.tasks.tagging.subword = 'last'
+  first, last = (pipeline.Pipeline(c, workdir=str(tmp_path / n)).examples('tagging', 'train', 200)
+                 .tokens for c, n in ((first, 'first'), (last, 'last')))
+  np.testing.assert_array_equal(first['input_ids'], last['input_ids'])
+  assert not np.array_equal(first['weights'], last['weights'])
+  # Each word's tag moves from its first subword to its last: later, or nowhere for a word
+  # of one subword.
+  firsts, lasts = np.flatnonzero(first['weights']), np.flatnonzero(last['weights'])
+  assert len(firsts) == len(lasts) and (lasts >= firsts).all()
+  np.testing.assert_array_equal(first['targets'][firsts], last['targets'][lasts])

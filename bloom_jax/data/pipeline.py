@@ -246,6 +246,8 @@ class Pipeline:
               'tokenizer': self.tokenizer.fingerprint()}
     if spec.pos_tagger:  # its path and checkpoint step (the keys of untagged tasks stay)
       fields['pos_tagger'] = spec.pos_tagger.fingerprint()
+    if spec.subword != 'first':  # as above: the default keeps the keys of prepared data
+      fields['subword'] = spec.subword
     path = os.path.join(self.prepared_dir, f'{spec.name}-{_hash(fields)}')
     prepared = Prepared.load(path)
     if prepared is not None:

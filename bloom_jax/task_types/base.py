@@ -26,7 +26,8 @@ from bloom_jax import decoding, losses, metrics
 from bloom_jax.data import packing
 from bloom_jax.errors import ConfigError
 
-POOLING = ('last', 'mean')  # `pooling`: which states a label is read from
+POOLING = ('last', 'mean', 'max')  # `pooling`: which states a label is read from
+SUBWORDS = ('first', 'last')  # `subword`: which of a word's subwords its tag is read at
 
 
 class TaskType(abc.ABC):
@@ -46,6 +47,8 @@ class TaskType(abc.ABC):
   takes_decoding = False         # `decoding` (evaluation's decoding options) applies to it
   takes_copy = False             # `copy` (a copy head: tokens copied from the input) applies
   takes_pooling = False          # `pooling` (which states the label is read from) applies
+  takes_subword = False          # `subword` (which subword of a word its label is read at)
+                                 #   applies
   takes_ngrams = False           # `ngrams` (a bag of the input's hashed token n-grams) applies
   takes_label_smoothing = False  # `label_smoothing` (training on smoothed label targets)
                                  #   applies; its `losses` then takes the argument
@@ -81,6 +84,10 @@ class TaskType(abc.ABC):
       raise ConfigError(f'{key}.pooling: {task.pooling!r} is not one of {POOLING}')
     if task.pooling != 'last' and not self.takes_pooling:
       raise ConfigError(f'{key}.pooling: not for {self.name} tasks')
+    if task.subword not in SUBWORDS:
+      raise ConfigError(f'{key}.subword: {task.subword!r} is not one of {SUBWORDS}')
+    if task.subword != 'first' and not self.takes_subword:
+      raise ConfigError(f'{key}.subword: not for {self.name} tasks')
     if task.ngrams and not self.takes_ngrams:
       raise ConfigError(f'{key}.ngrams: not for {self.name} tasks')
     if task.label_smoothing and not self.takes_label_smoothing:

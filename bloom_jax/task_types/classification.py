@@ -8,7 +8,10 @@ at each segment's last token: per-example pooling, as Hugging Face's BLOOM class
 pools the last real token. With `pooling='mean'` the logits read there are instead the
 mean over the example's tokens (<s> and </s> included), which, the head being linear, is
 the head applied to the mean of the example's states: every token's state then reaches
-the label directly, not only through the attention of the last one.
+the label directly, not only through the attention of the last one. With `pooling='max'`
+the head reads the example's max state, each feature's largest value over its tokens
+(the max-pooled encoder of InferSent and the CNN text classifiers): one strong cue
+anywhere in a text decides a feature, where the mean dilutes it with the text's length.
 
 With `source_lm_weight` w > 0 (causal attention only), training also predicts every
 token of an example from the ones before it (the text's tokens and </s>), each with
@@ -158,10 +161,12 @@ class Classification(base.TaskType):
     return out
 
   def head_outputs(self, model, task, hidden, batch, dropout_key):
-    """(outputs, bag): the head at every position, or with `pooling='mean'` its mean over
-    each example, plus with `ngrams` the example's bag of n-grams; and that bag alone
-    (None without `ngrams`)."""
+    """(outputs, bag): the head at every position (with `pooling='max'`, of each example's
+    max state; with 'mean', its mean over each example), plus with `ngrams` the example's
+    bag of n-grams; and that bag alone (None without `ngrams`)."""
     head = model.heads[task.name]
+    if task.pooling == 'max':
+      hidden = layers.segment_max(hidden, batch['segment_ids'])
     out = head(hidden, dropout_key)
     if task.pooling == 'mean':
       out = layers.segment_mean(out, batch['segment_ids'])

@@ -2,6 +2,10 @@
 
     <s> word_1 word_2 ... </s>     each word's tag at its first subword
 
+With `subword='last'` the tag is read at the word's last subword instead: where a word is
+split, its ending (-ing, -ly, -s) is there, and in English the ending carries much of the
+part of speech.
+
 Words cut off by `max_length` count as wrong in evaluation (`num_words` keeps the true
 count), as UD's evaluation script counts them on gold tokenisation.
 """
@@ -28,6 +32,7 @@ class Tagging(base.TaskType):
   needs_labels = True
   input_field = 'words'
   takes_label_smoothing = True
+  takes_subword = True
 
   def clean(self, task, row):
     row = dict(row, words=[text.clean(w) for w in row['words']])
@@ -48,36 +53,42 @@ class Tagging(base.TaskType):
     del train, token_bytes
     index = base.label_index(task) if rows and 'tags' in rows[0] else None
     room = task.max_length - 2
-    seqs, targets, firsts, full = [], [], [], []
+    last = task.subword == 'last'
+    seqs, targets, marks, full = [], [], [], []
     for row, pieces in zip(rows, word_pieces(tok, [r['words'] for r in rows]), strict=True):
-      flat, starts = [tok.bos_id], []
+      flat, reads = [tok.bos_id], []
       for piece in pieces:
-        starts.append(len(flat) if piece else -1)
         flat.extend(piece)
+        reads.append((len(flat) - 1 if last else len(flat) - len(piece)) if piece else -1)
       full.append(len(flat) + 1)
       seq = flat[:room + 1] + [tok.eos_id]
-      target, first = [0] * len(seq), [0.0] * len(seq)
-      for w, s in enumerate(starts):
-        if 0 < s <= room:
-          first[s] = 1.0
-          target[s] = index[row['tags'][w]] if index else 0
+      target, mark = [0] * len(seq), [0.0] * len(seq)
+      for w, at in enumerate(reads):
+        if 0 < at <= room:
+          mark[at] = 1.0
+          target[at] = index[row['tags'][w]] if index else 0
       seqs.append(seq)
       targets.append(target)
-      firsts.append(first)
+      marks.append(mark)
     ids, lengths = packing.ragged(seqs)
-    # `weights` marks first subwords, so it also maps predictions back to words.
+    # `weights` marks the subword each word is read at, so it also maps predictions back
+    # to words.
     examples = packing.Examples(
         {'input_ids': ids, 'targets': packing.ragged(targets)[0],
-         'weights': packing.ragged(firsts, np.float32)[0]}, lengths,
+         'weights': packing.ragged(marks, np.float32)[0]}, lengths,
         {'num_words': np.array([len(r['words']) for r in rows], np.int32)})
     full = np.array(full, np.int32)
     return examples, {'length': full, 'truncated': full > task.max_length}
 
   def describe(self, task, tok, example, sample):
-    starts = np.flatnonzero(example['weights'] > 0)
-    ends = list(starts[1:]) + [len(example['input_ids']) - 1]
+    reads = np.flatnonzero(example['weights'] > 0)
+    if task.subword == 'last':  # each word ends where it is read
+      starts, ends = [1, *(reads[:-1] + 1)], reads + 1
+    else:
+      starts, ends = reads, [*reads[1:], len(example['input_ids']) - 1]
     pairs = [f'{tok.decode(example["input_ids"][s:e]).strip()}/'
-             f'{task.labels[example["targets"][s]]}' for s, e in zip(starts, ends, strict=True)]
+             f'{task.labels[example["targets"][r]]}'
+             for s, e, r in zip(starts, ends, reads, strict=True)]
     decoded = tok.decode(example['input_ids'])
     return [f'    {base.verdict(decoded, " ".join(sample["words"]))}: {" ".join(pairs)}']
 
