@@ -12,11 +12,18 @@
 # headline metric, scripts/results_table.py) and its whole validation and test splits are
 # scored at that step. A run's commands go to WORKDIR/commands.sh, which results.json quotes.
 # A run with WORKDIR/eval/done is skipped when the script is rerun; an interrupted one resumes.
+#
+# With LOGS=DIR, each finished run's logs (all that results.json is collected from, without
+# the checkpoints' arrays: scripts/results_table.py logs) are copied to DIR/<run> as well;
+# docs/results/runs holds those of the published rows. The protocol takes hours: on a machine
+# that may not keep WORKDIR_ROOT, copy DIR's runs into a new root (cp -r DIR/. ROOT) and rerun
+# the script there to go on; the runs copied are not trained again.
 set -euo pipefail
 root=${1:?usage: scripts/real_results.sh WORKDIR_ROOT SEED [SEED ...]}
 shift
 seeds=("${@:?give at least one seed}")
 python=${PYTHON:-python}
+logs=${LOGS:-}
 table=("$python" scripts/results_table.py)
 machine=${MACHINE:-"$(nproc) CPU cores ($(uname -m)), JAX devices: $("$python" -c \
     'import jax; print(", ".join(sorted({d.device_kind for d in jax.devices()})))')"}
@@ -33,14 +40,23 @@ logged() {
   "$@"
 }
 
-# run NAME CONFIG_ARG [TRAIN FLAG ...]: trains ROOT/NAME on configs/real_multitask.py:CONFIG_ARG,
-# then scores the step selected for each of its tasks.
+# run NAME CONFIG_ARG [TRAIN FLAG ...]: trains ROOT/NAME on configs/real_multitask.py:CONFIG_ARG
+# and scores the step selected for each of its tasks, unless it has; then copies its logs.
 run() {
   local workdir="${root}/$1" arg=$2
   shift 2
-  if [[ -f ${workdir}/eval/done ]]; then
-    return
+  if [[ ! -f ${workdir}/eval/done ]]; then
+    train_and_score "$workdir" "$arg" "$@"
   fi
+  if [[ -n $logs ]]; then
+    "${table[@]}" logs "$workdir" "${logs}/${workdir##*/}"
+  fi
+}
+
+# train_and_score WORKDIR CONFIG_ARG [TRAIN FLAG ...]
+train_and_score() {
+  local workdir=$1 arg=$2
+  shift 2
   mkdir -p "$workdir"
   : > "${workdir}/commands.sh"
   logged "$workdir" "$python" -m bloom_jax.train --config "configs/real_multitask.py:${arg}" \
@@ -94,4 +110,4 @@ done
 "$python" scripts/plot_metrics.py "${matched[@]}" --out docs/results
 "$python" scripts/plot_metrics.py "${equal[@]}" --out docs/results \
     --name learning-curves-equal-compute
-"${table[@]}" collect "$root" --machine "$machine"
+"${table[@]}" collect "$root" --machine "$machine" --logs "$logs"

@@ -23,6 +23,7 @@ docs/results_analysis.md, included verbatim. What real_results.sh asks while it 
   python scripts/results_table.py selection                 # TASK eval/<task>/<metric> max|min
   python scripts/results_table.py evaluations WORKDIR       # SPLIT STEP: the scores to compute
   python scripts/results_table.py equal-steps MULTI SINGLE  # the equal-compute total_steps
+  python scripts/results_table.py logs WORKDIR DEST         # a finished run's logs (LOGS)
 """
 
 import argparse
@@ -34,6 +35,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import statistics
 import textwrap
 
@@ -216,6 +218,29 @@ def commands(path: str) -> list[str]:
     return []
 
 
+def copy_logs(workdir: str, dest: str) -> None:
+  """A finished run's logs, all that `collect` and `equal-steps` read: metrics.jsonl,
+  best.json, eval/ (the whole-split scores and the `done` mark), commands.sh, config.json
+  and the newest checkpoint's array metadata (the parameter count), without the arrays.
+  They take a few hundred kB, so they can be published beside results.json; copied into a
+  root on another machine, they let real_results.sh skip the run there."""
+  if not os.path.exists(os.path.join(workdir, 'eval', 'done')):
+    raise SystemExit(f'{workdir}: not a finished run (no eval/done): its logs are not final')
+  steps = [int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit()]
+  metadata = os.path.join('checkpoints', str(max(steps)), 'state', '_METADATA')
+  names = ['metrics.jsonl', metadata]
+  names += [n for n in ('best.json', 'commands.sh', 'config.json')
+            if os.path.exists(os.path.join(workdir, n))]
+  names += [os.path.join('eval', n) for n in sorted(os.listdir(os.path.join(workdir, 'eval')))]
+  partial = f'{dest}.partial'  # a copy cut short never looks finished
+  shutil.rmtree(partial, ignore_errors=True)
+  for name in names:
+    os.makedirs(os.path.dirname(os.path.join(partial, name)), exist_ok=True)
+    shutil.copy2(os.path.join(workdir, name), os.path.join(partial, name))
+  shutil.rmtree(dest, ignore_errors=True)
+  os.rename(partial, dest)
+
+
 # --------------------------------------------------------------------------------------
 # results.json: the models section
 # --------------------------------------------------------------------------------------
@@ -268,7 +293,7 @@ def model_scores(task: str, runs: list[Run]) -> dict:
           **{split: spread(values[split]) for split in headline.splits}}
 
 
-def models_section(root: str, baselines: dict, machine: str) -> dict:
+def models_section(root: str, baselines: dict, machine: str, logs: str = '') -> dict:
   runs = find_runs(root)
   if not runs:
     raise SystemExit(f'{root}: no multi-seed<N>, <task>-seed<N> or <task>-equal-seed<N> run '
@@ -303,7 +328,9 @@ def models_section(root: str, baselines: dict, machine: str) -> dict:
           '(metrics.jsonl, the first data.eval_examples examples of the split), the '
           'earliest step on a tie; best.json agrees for runs trained with best_metric; '
           'scores at that step from bloom_jax.evaluate --step N over whole splits'),
-      'command': f'scripts/real_results.sh {root} {" ".join(map(str, seeds))}',
+      'command': (f'LOGS={logs} ' if logs else '')
+                 + f'scripts/real_results.sh {root} {" ".join(map(str, seeds))}',
+      'logs': logs,
       'machine': machine,
       'seeds': seeds,
       'tasks': tasks,
@@ -473,6 +500,12 @@ def render(document: dict, analysis: str, figures: dict[str, str]) -> str:
                  'classic baselines. The runs, their scores, this page and the learning curves '
                  'come from:'),
            '', '```bash', f'BLOOM_JAX_DATA=../shared/data MACHINE="..." {command}', '```', '']
+  if (models or {}).get('logs'):
+    logs = models['logs']
+    lines += [prose(f"Each run's logs are in [{logs}/]({os.path.relpath(logs, 'docs')}/)<run> "
+                    '(metrics.jsonl, the whole-split scores in eval/, commands.sh, config.json; '
+                    'the checkpoints without their arrays): `python scripts/results_table.py '
+                    f'collect {logs} --machine ...` writes this page again from them.'), '']
   if models:
     lines += [f'Machine: {models["machine"]}.', '', '## Model selection', '',
               prose('Each task is scored at its own step, selected on validation: '
@@ -533,6 +566,7 @@ def main(argv=None) -> None:
   collect = parsers.add_parser('collect', help='the models section from ROOT, then the page')
   collect.add_argument('root', help='the directory real_results.sh trained in')
   collect.add_argument('--machine', required=True, help='what the runs ran on, in words')
+  collect.add_argument('--logs', default='', help="where real_results.sh copied the runs' logs")
   render = parsers.add_parser('render', help='docs/results.md from results.json and the analysis')
   for sub in (collect, render):
     sub.add_argument('--json', default=str(DOCS / 'results.json'))
@@ -547,6 +581,9 @@ def main(argv=None) -> None:
   sub = parsers.add_parser('equal-steps', help="a task's steps that cost the mixture's")
   sub.add_argument('multi')
   sub.add_argument('single')
+  sub = parsers.add_parser('logs', help="a finished run's logs, without its checkpoints")
+  sub.add_argument('workdir')
+  sub.add_argument('dest')
   args = parser.parse_args(argv)
 
   if args.command == 'selection':
@@ -561,10 +598,13 @@ def main(argv=None) -> None:
       print(split, step)
   elif args.command == 'equal-steps':
     print(equal_steps(args.multi, args.single))
+  elif args.command == 'logs':
+    copy_logs(args.workdir, args.dest)
   else:
     if args.command == 'collect':
       document = read_document(args.json)
-      document['models'] = models_section(args.root, document['baselines'], args.machine)
+      document['models'] = models_section(args.root, document['baselines'], args.machine,
+                                          args.logs)
       write_json(args.json, document)
     write_markdown(args.json, args.analysis, args.figures, args.markdown)
     print(f'wrote {args.markdown}')

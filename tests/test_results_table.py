@@ -160,6 +160,40 @@ def test_collect_selects_on_validation_and_reports_test_there(results):
   assert models['runs']['pos-equal-seed0']['steps'] == 1600
 
 
+def test_logs_are_all_that_collect_reads_without_the_arrays(results, tmp_path):
+  root, docs = results
+  before = collect(root, docs)['models']
+  arrays = root / 'multi-seed0' / 'checkpoints' / '1200' / 'state' / 'ocdbt.process_0'
+  arrays.mkdir()
+  (arrays / 'data').write_bytes(b'arrays')
+  (root / 'multi-seed0' / 'tokenizer.json').write_text('{}')
+  logs = tmp_path / 'logs'
+  for run in rt.find_runs(str(root)):
+    (pathlib.Path(run.path) / 'eval' / 'done').touch()
+    rt.main(['logs', run.path, str(logs / run.name)])
+  multi = {str(p.relative_to(logs / 'multi-seed0')) for p in (logs / 'multi-seed0').rglob('*')
+           if p.is_file()}
+  assert multi == {'metrics.jsonl', 'commands.sh', 'checkpoints/1200/state/_METADATA',
+                   'eval/done', *(f'eval/{s}_{n}.json' for s in ('validation', 'test')
+                                  for n in (400, 800, 1200))}
+  assert (logs / 'pos-seed0' / 'best.json').exists()
+  after = collect(logs, docs)['models']
+  assert after.pop('command') == f'scripts/real_results.sh {logs} 0 1'
+  assert after == {k: v for k, v in before.items() if k != 'command'}
+
+  rt.main(['logs', str(root / 'multi-seed1'), str(logs / 'multi-seed0')])  # replaced whole
+  assert not list(logs.glob('*.partial'))
+  assert json.loads((logs / 'multi-seed0' / 'eval' / 'test_1200.json').read_text()) == (
+      json.loads((root / 'multi-seed1' / 'eval' / 'test_1200.json').read_text()))
+
+
+def test_logs_of_an_unfinished_run_are_refused(results, tmp_path):
+  root, _ = results
+  with pytest.raises(SystemExit, match='multi-seed0: not a finished run'):
+    rt.main(['logs', str(root / 'multi-seed0'), str(tmp_path / 'logs' / 'multi-seed0')])
+  assert not (tmp_path / 'logs').exists()
+
+
 def test_collect_replaces_only_the_models_section(results):
   root, docs = results
   document = json.loads((docs / 'results.json').read_text())
@@ -304,9 +338,9 @@ else:
   python.chmod(0o755)
   env = {**os.environ, 'PYTHON': str(python), 'MACHINE': 'fake machine'}
 
-  def run_script():
-    done = subprocess.run(['bash', 'scripts/real_results.sh', str(tmp_path / 'runs'), '0'],
-                          cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+  def run_script(root=tmp_path / 'runs', **extra):
+    done = subprocess.run(['bash', 'scripts/real_results.sh', str(root), '0'], cwd=repo,
+                          env={**env, **extra}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
   run_script()
@@ -345,3 +379,19 @@ else:
 
   run_script()  # every run finished: nothing is trained or scored again
   assert calls.read_text().count('bloom_jax.') == ran.count('bloom_jax.')
+
+  # With LOGS, every run's logs are copied there; a new root made of them (another machine)
+  # trains and scores nothing again and collects the same models section.
+  logs = tmp_path / 'logs'
+  run_script(LOGS=str(logs))
+  assert sorted(os.listdir(logs)) == sorted(models['runs'])
+  shutil.copytree(logs, tmp_path / 'elsewhere')
+  run_script(tmp_path / 'elsewhere', LOGS=str(logs))
+  assert calls.read_text().count('bloom_jax.') == ran.count('bloom_jax.')
+  again = json.loads((repo / 'docs' / 'results.json').read_text())['models']
+  assert again.pop('command') == f'LOGS={logs} scripts/real_results.sh {tmp_path}/elsewhere 0'
+  assert again.pop('logs') == str(logs) and models.pop('logs') == ''
+  assert again == {k: v for k, v in models.items() if k != 'command'}
+  page = ' '.join((repo / 'docs' / 'results.md').read_text().split())
+  assert f"Each run's logs are in [{logs}/](" in page
+  assert f'`python scripts/results_table.py collect {logs} --machine ...`' in page
