@@ -502,7 +502,7 @@ def render(document: dict, analysis: str, figures: dict[str, str]) -> str:
            '', '```bash', f'BLOOM_JAX_DATA=../shared/data MACHINE="..." {command}', '```', '']
   if (models or {}).get('logs'):
     logs = models['logs']
-    lines += [prose(f"Each run's logs are in [{logs}/]({os.path.relpath(logs, 'docs')}/)<run> "
+    lines += [prose(f"Each run's logs are in `{logs}/<run>` "
                     '(metrics.jsonl, the whole-split scores in eval/, commands.sh, config.json; '
                     'the checkpoints without their arrays): `python scripts/results_table.py '
                     f'collect {logs} --machine ...` writes this page again from them.'), '']

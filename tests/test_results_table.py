@@ -393,5 +393,5 @@ else:
   assert again.pop('logs') == str(logs) and models.pop('logs') == ''
   assert again == {k: v for k, v in models.items() if k != 'command'}
   page = ' '.join((repo / 'docs' / 'results.md').read_text().split())
-  assert f"Each run's logs are in [{logs}/](" in page
+  assert f"Each run's logs are in `{logs}/<run>`" in page
   assert f'`python scripts/results_table.py collect {logs} --machine ...`' in page
