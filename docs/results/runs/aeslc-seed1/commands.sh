@@ -1,0 +1,3 @@
+.venv/bin/python -m bloom_jax.train --config configs/real_multitask.py:single=aeslc,seed=1 --workdir /work/runs/r10/aeslc-seed1 --config.best_metric=eval/aeslc/rougeL --config.best_mode=max
+.venv/bin/python -m bloom_jax.evaluate --workdir /work/runs/r10/aeslc-seed1 --split validation --step 2000
+.venv/bin/python -m bloom_jax.evaluate --workdir /work/runs/r10/aeslc-seed1 --split test --step 2000
