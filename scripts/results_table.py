@@ -341,6 +341,9 @@ def models_section(root: str, baselines: dict, machine: str, logs: str = '') -> 
 
 def read_document(path: str) -> dict:
   """docs/results.json, which must hold the baselines section."""
+  if not os.path.exists(path):
+    raise SystemExit(f'{path}: no such file; python scripts/baselines.py --out {path} writes '
+                     'it with the baselines section that collect and render add to')
   with open(path) as f:
     document = json.load(f)
   if 'baselines' not in document:

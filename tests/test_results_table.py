@@ -258,6 +258,16 @@ def test_render_needs_the_analysis_and_works_without_models(results):
   assert '## Learning curves' not in page
 
 
+def test_a_missing_results_json_names_the_command_that_makes_it(results):
+  root, docs = results
+  missing = docs / 'other.json'
+  for command in (['render'], ['collect', str(root), '--machine', 'm']):
+    with pytest.raises(SystemExit, match=f'{missing}: no such file; python scripts/baselines'):
+      rt.main([*command, '--json', str(missing), '--analysis', str(docs / 'results_analysis.md'),
+               '--markdown', str(docs / 'results.md')])
+  assert not missing.exists()
+
+
 def test_a_missing_score_names_the_command_that_makes_it(results):
   root, docs = results
   os.remove(root / 'multi-seed1' / 'eval' / 'test_1200.json')
