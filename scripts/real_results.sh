@@ -18,10 +18,20 @@
 # docs/results/runs holds those of the published rows. The protocol takes hours: on a machine
 # that may not keep WORKDIR_ROOT, copy DIR's runs into a new root (cp -r DIR/. ROOT) and rerun
 # the script there to go on; the runs copied are not trained again.
+#
+# EQUAL_SEEDS="0" limits the equal-compute runs, five mixtures' time per seed, to those of
+# the seeds it names (default: every seed given; empty: none).
 set -euo pipefail
 root=${1:?usage: scripts/real_results.sh WORKDIR_ROOT SEED [SEED ...]}
 shift
 seeds=("${@:?give at least one seed}")
+read -r -a equal_seeds <<< "${EQUAL_SEEDS-${seeds[*]}}"
+for seed in "${equal_seeds[@]}"; do
+  [[ " ${seeds[*]} " == *" ${seed} "* ]] || {
+    echo "EQUAL_SEEDS: seed ${seed} is not among the seeds given (${seeds[*]})" >&2
+    exit 2
+  }
+done
 python=${PYTHON:-python}
 logs=${LOGS:-}
 table=("$python" scripts/results_table.py)
@@ -88,7 +98,7 @@ for seed in "${seeds[@]}"; do
         --config.best_mode="$mode"
   done
 done
-for seed in "${seeds[@]}"; do
+for seed in "${equal_seeds[@]}"; do
   for line in "${selection[@]}"; do
     read -r task metric mode <<< "$line"
     steps=$("${table[@]}" equal-steps "${root}/multi-seed${seed}" "${root}/${task}-seed${seed}")
@@ -101,13 +111,19 @@ done
 matched=() equal=()
 for seed in "${seeds[@]}"; do
   matched+=("${root}/multi-seed${seed}")
-  equal+=("${root}/multi-seed${seed}")
   for line in "${selection[@]}"; do
     matched+=("${root}/${line%% *}-seed${seed}")
+  done
+done
+for seed in "${equal_seeds[@]}"; do
+  equal+=("${root}/multi-seed${seed}")
+  for line in "${selection[@]}"; do
     equal+=("${root}/${line%% *}-equal-seed${seed}")
   done
 done
 "$python" scripts/plot_metrics.py "${matched[@]}" --out docs/results
-"$python" scripts/plot_metrics.py "${equal[@]}" --out docs/results \
-    --name learning-curves-equal-compute
+if (( ${#equal[@]} )); then
+  "$python" scripts/plot_metrics.py "${equal[@]}" --out docs/results \
+      --name learning-curves-equal-compute
+fi
 "${table[@]}" collect "$root" --machine "$machine" --logs "$logs"

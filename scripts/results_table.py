@@ -35,6 +35,7 @@ import math
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import statistics
 import textwrap
@@ -314,6 +315,10 @@ def models_section(root: str, baselines: dict, machine: str, logs: str = '') -> 
                          for kind, rs in by_kind.items() if rs}
     tasks[task] = entry
   seeds = sorted({r.seed for r in runs})
+  equal_seeds = sorted({r.seed for r in runs if r.kind == 'single_equal_compute'})
+  env = f'LOGS={logs} ' if logs else ''
+  if equal_seeds != seeds:  # real_results.sh's default is every seed's
+    env += 'EQUAL_SEEDS=' + shlex.quote(' '.join(map(str, equal_seeds))) + ' '
   return {
       'description': (
           'Each task trained in the mixture (multi), alone with the same rows per step and '
@@ -328,8 +333,7 @@ def models_section(root: str, baselines: dict, machine: str, logs: str = '') -> 
           '(metrics.jsonl, the first data.eval_examples examples of the split), the '
           'earliest step on a tie; best.json agrees for runs trained with best_metric; '
           'scores at that step from bloom_jax.evaluate --step N over whole splits'),
-      'command': (f'LOGS={logs} ' if logs else '')
-                 + f'scripts/real_results.sh {root} {" ".join(map(str, seeds))}',
+      'command': f'{env}scripts/real_results.sh {root} {" ".join(map(str, seeds))}',
       'logs': logs,
       'machine': machine,
       'seeds': seeds,

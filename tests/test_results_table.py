@@ -178,7 +178,7 @@ def test_logs_are_all_that_collect_reads_without_the_arrays(results, tmp_path):
                                   for n in (400, 800, 1200))}
   assert (logs / 'pos-seed0' / 'best.json').exists()
   after = collect(logs, docs)['models']
-  assert after.pop('command') == f'scripts/real_results.sh {logs} 0 1'
+  assert after.pop('command') == f'EQUAL_SEEDS=0 scripts/real_results.sh {logs} 0 1'
   assert after == {k: v for k, v in before.items() if k != 'command'}
 
   rt.main(['logs', str(root / 'multi-seed1'), str(logs / 'multi-seed0')])  # replaced whole
@@ -323,7 +323,11 @@ def test_helpers_real_results_sh_calls(results, capsys):
 # ------------------------------------------------------------------------ real_results.sh
 
 
-def test_real_results_sh_trains_scores_and_skips_finished_runs(tmp_path):
+def fake_protocol(tmp_path):
+  """A repository holding real_results.sh with train, evaluate and the plots faked.
+
+  Returns (run_script, calls): run_script(*seeds, root=..., check=True, **env) runs the
+  script; `calls` lists the faked programs' command lines."""
   repo = tmp_path / 'repo'
   (repo / 'scripts').mkdir(parents=True)
   for name in ('real_results.sh', 'results_table.py'):
@@ -348,11 +352,19 @@ else:
   python.chmod(0o755)
   env = {**os.environ, 'PYTHON': str(python), 'MACHINE': 'fake machine'}
 
-  def run_script(root=tmp_path / 'runs', **extra):
-    done = subprocess.run(['bash', 'scripts/real_results.sh', str(root), '0'], cwd=repo,
-                          env={**env, **extra}, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+  def run_script(*seeds, root=tmp_path / 'runs', check=True, **extra):
+    done = subprocess.run(['bash', 'scripts/real_results.sh', str(root), *(seeds or ['0'])],
+                          cwd=repo, env={**env, **extra}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 or not check, done.stderr
+    return done
 
+  return run_script, calls
+
+
+def test_real_results_sh_trains_scores_and_skips_finished_runs(tmp_path):
+  run_script, calls = fake_protocol(tmp_path)
+  repo = tmp_path / 'repo'
   run_script()
   models = json.loads((repo / 'docs' / 'results.json').read_text())['models']
   assert models['machine'] == 'fake machine'
@@ -396,7 +408,7 @@ else:
   run_script(LOGS=str(logs))
   assert sorted(os.listdir(logs)) == sorted(models['runs'])
   shutil.copytree(logs, tmp_path / 'elsewhere')
-  run_script(tmp_path / 'elsewhere', LOGS=str(logs))
+  run_script(root=tmp_path / 'elsewhere', LOGS=str(logs))
   assert calls.read_text().count('bloom_jax.') == ran.count('bloom_jax.')
   again = json.loads((repo / 'docs' / 'results.json').read_text())['models']
   assert again.pop('command') == f'LOGS={logs} scripts/real_results.sh {tmp_path}/elsewhere 0'
@@ -405,3 +417,33 @@ else:
   page = ' '.join((repo / 'docs' / 'results.md').read_text().split())
   assert f"Each run's logs are in `{logs}/<run>`" in page
   assert f'`python scripts/results_table.py collect {logs} --machine ...`' in page
+
+
+def test_real_results_sh_equal_seeds_limits_the_equal_compute_runs(tmp_path):
+  run_script, calls = fake_protocol(tmp_path)
+  refused = run_script('0', '1', check=False, EQUAL_SEEDS='2')
+  assert refused.returncode == 2
+  assert 'EQUAL_SEEDS: seed 2 is not among the seeds given (0 1)' in refused.stderr
+  assert not calls.exists()  # refused before anything was trained
+
+  run_script('0', '1', EQUAL_SEEDS='0')
+  models = json.loads((tmp_path / 'repo' / 'docs' / 'results.json').read_text())['models']
+  tasks = list(rt.HEADLINES)
+  assert set(models['runs']) == {'multi-seed0', 'multi-seed1',
+                                 *(f'{t}-seed{s}' for t in tasks for s in (0, 1)),
+                                 *(f'{t}-equal-seed0' for t in tasks)}
+  assert models['seeds'] == [0, 1]
+  assert models['command'] == f"EQUAL_SEEDS=0 scripts/real_results.sh {tmp_path / 'runs'} 0 1"
+  assert models['tasks']['pos']['single_equal_compute']['selected_step'] == {'0': 800}
+  plots = [line.split() for line in calls.read_text().splitlines()
+           if line.startswith('scripts/plot_metrics.py')]
+  assert [os.path.basename(p) for p in plots[1][1:-4]] == [
+      'multi-seed0', *(f'{t}-equal-seed0' for t in tasks)]
+
+  before = calls.read_text()
+  run_script('0', root=tmp_path / 'none', EQUAL_SEEDS='')  # none: and no second figure
+  models = json.loads((tmp_path / 'repo' / 'docs' / 'results.json').read_text())['models']
+  assert models['command'] == f"EQUAL_SEEDS='' scripts/real_results.sh {tmp_path / 'none'} 0"
+  assert 'single_equal_compute' not in models['tasks']['pos']
+  ran = calls.read_text()[len(before):]
+  assert ran.count('scripts/plot_metrics.py') == 1 and '--name' not in ran
