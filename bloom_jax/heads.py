@@ -3,9 +3,10 @@
 Generation and LM tasks use the LM head tied to the word embeddings (`Bloom.logits`; a
 generation task with `copy` adds its copy head, `bloom_jax.copying`); classification and
 tagging tasks each have a linear head of their own. A classification (or regression) task
-with `ngrams` n > 0 also has a bag of its input's hashed token n-grams of orders 1..n
-(`NgramBag`), a linear model added to the head's logits: the wide part of a wide-and-deep
-classifier (Cheng et al. 2016), or fastText's bag of n-grams (Joulin et al. 2017).
+with `ngrams` n > 0 also has a bag of its input's hashed token (or word) n-grams of
+orders 1..n (`NgramBag`), a linear model added to the head's logits: the wide part of a
+wide-and-deep classifier (Cheng et al. 2016), or fastText's bag of n-grams (Joulin et al.
+2017).
 """
 
 import jax
@@ -22,10 +23,10 @@ class LinearHead(nnx.Module):
   it also holds an `NgramBag` of those orders (`.ngrams`), which the task type adds."""
 
   def __init__(self, cfg: BloomConfig, num_outputs: int, *, rngs: nnx.Rngs, ngrams: int = 0,
-               ngram_buckets: int = 0, ngram_scale: float = 1.0):
+               ngram_unit: str = 'token', ngram_buckets: int = 0, ngram_scale: float = 1.0):
     self.dtype, self.dropout = cfg.dtype, cfg.dropout
     if ngrams:  # only then: the parameters of heads without it stay as they were
-      self.ngrams = NgramBag(num_outputs, ngrams, ngram_buckets, ngram_scale)
+      self.ngrams = NgramBag(num_outputs, ngrams, ngram_buckets, ngram_scale, ngram_unit)
     self.kernel = param(cfg.init_std * jax.random.normal(
         rngs.params(), (cfg.hidden_size, num_outputs), cfg.param_dtype), ('embed', 'labels'))
     self.bias = param(jnp.zeros((num_outputs,), cfg.param_dtype), ('labels',))
@@ -61,27 +62,70 @@ def ngram_buckets(input_ids, segment_ids, order: int, buckets: int):
   return jnp.stack(out, -1), jnp.stack(valid, -1)
 
 
+def word_ngram_buckets(input_ids, segment_ids, word_starts, order: int, buckets: int):
+  """[B, S] tokens, segment ids and word starts (1 at each word's first token) -> ([B, S,
+  order] int32 bucket of the word n-gram of each order n = 1..order that ends with the word
+  ending at each position, [B, S, order] bool: a word ends there and the n-gram lies inside
+  one example). A word is hashed from its tokens, an n-gram from its words' hashes and n,
+  so its bucket depends on its words alone, wherever it occurs."""
+  ids = input_ids.astype(jnp.uint32)
+  before = jnp.pad(segment_ids[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+  starts = (word_starts > 0) | (segment_ids != before)  # an example opens a word too
+  # Each position's hash of its word's tokens so far, h = h_prev * BASE + id, restarted at
+  # the word's first token: a linear recurrence, so one associative scan over the row.
+  factor = jnp.where(starts, jnp.uint32(0), jnp.uint32(_BASE))
+  _, word = jax.lax.associative_scan(lambda x, y: (y[0] * x[0], y[0] * x[1] + y[1]),
+                                     (factor, ids), axis=1)
+  positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+  first = jax.lax.cummax(jnp.where(starts, positions, 0), axis=1)  # its word's first token
+  ends = jnp.pad(starts[:, 1:], ((0, 0), (0, 1)), constant_values=True)
+  h, inside, before_word = word, ends & (segment_ids > 0), first - 1
+  out, valid = [], []
+  for n in range(1, order + 1):
+    if n > 1:  # fold in the word before the n-gram so far: it ends just before its first token
+      at = jnp.maximum(before_word, 0)
+      h = h * jnp.uint32(_BASE) + jnp.take_along_axis(word, at, 1)
+      inside = inside & (before_word >= 0) & (jnp.take_along_axis(segment_ids, at, 1)
+                                              == segment_ids)
+      before_word = jnp.take_along_axis(first, at, 1) - 1
+    mixed = (h + jnp.uint32(n)) * jnp.uint32(_GOLDEN)
+    out.append((mixed % jnp.uint32(buckets)).astype(jnp.int32))
+    valid.append(inside)
+  return jnp.stack(out, -1), jnp.stack(valid, -1)
+
+
 class NgramBag(nnx.Module):
   """A linear model of an example's token n-grams: at each position, `scale` times the
   mean over its example's tokens of the outputs of the n-grams (orders 1..order, hashed
   into `buckets` rows) that end there. `<s>` and `</s>` take part, so n-grams at the
-  text's edges are their own features. The table starts at zero (the model starts as the
-  one without it) and, being a kernel, has weight decay, an L2 penalty as a linear text
-  classifier's.
+  text's edges are their own features. With `unit='word'` the n-grams are of words (given
+  by `word_starts`; `word_ngram_buckets`), and the mean is over the example's words. The
+  table starts at zero (the model starts as the one without it) and, being a kernel, has
+  weight decay, an L2 penalty as a linear text classifier's.
 
   `scale` is the bag's learning rate relative to the rest's: Adam moves every parameter by
   about the learning rate per step, whatever its gradient's size, and a mean over a text's
   n-grams needs rows far larger than a transformer's weights to move a logit. fastText
   trains its bag with a learning rate of 0.1 and more for the same reason."""
 
-  def __init__(self, num_outputs: int, order: int, buckets: int, scale: float = 1.0):
-    self.order, self.buckets, self.scale = order, buckets, scale
+  def __init__(self, num_outputs: int, order: int, buckets: int, scale: float = 1.0,
+               unit: str = 'token'):
+    self.order, self.buckets, self.scale, self.unit = order, buckets, scale, unit
     # float32 whatever param_dtype is: a rare n-gram's few small updates must not round away.
     self.kernel = param(jnp.zeros((buckets, num_outputs), jnp.float32), ('vocab', 'labels'))
 
-  def __call__(self, input_ids, segment_ids):
-    """[B, S] tokens and segment ids -> [B, S, outputs] float32, the mean at every
-    position of its example (0 at padding)."""
-    rows, inside = ngram_buckets(input_ids, segment_ids, self.order, self.buckets)
+  def __call__(self, input_ids, segment_ids, word_starts=None):
+    """[B, S] tokens and segment ids (and with unit 'word', word starts) -> [B, S, outputs]
+    float32, the mean at every position of its example (0 at padding)."""
+    if self.unit == 'word':
+      rows, inside = word_ngram_buckets(input_ids, segment_ids, word_starts, self.order,
+                                        self.buckets)
+    else:
+      rows, inside = ngram_buckets(input_ids, segment_ids, self.order, self.buckets)
     per_token = (jnp.take(self.kernel[...], rows, axis=0) * inside[..., None]).sum(-2)
-    return self.scale * segment_mean(per_token, segment_ids)
+    mean = segment_mean(per_token, segment_ids)
+    if self.unit == 'token':
+      return self.scale * mean
+    # A word's n-grams sit at its last token: the mean over tokens, over the words' share.
+    words = segment_mean(inside[..., :1].astype(jnp.float32), segment_ids)
+    return self.scale * jnp.where(words > 0, mean / jnp.maximum(words, 1e-9), 0.0)

@@ -60,6 +60,8 @@ class TaskSpec:
                                    #   with this probability (word dropout; 0: none)
   ngrams: int = 0                  # classification, regression: a linear bag of the input's
                                    #   hashed token n-grams, orders 1..ngrams (0: none)
+  ngram_unit: str = 'token'        # what the bag's n-grams are of: tokens, or whitespace
+                                   #   words ('word', each word's tokens as one unit)
   ngram_buckets: int = 2 ** 18     # the rows n-grams are hashed into
   ngram_scale: float = 10.0        # the bag's output factor: its learning rate relative
                                    #   to the rest's (docs/multitask.md)
@@ -148,13 +150,14 @@ REGISTRY: dict[str, TaskSpec] = {t.name: t for t in [
 
 CONFIG_KEYS = ('rate', 'loss_weight', 'max_length', 'max_target_length', 'stopwords',
                'attention', 'labels', 'pos_tagger', 'source_lm_weight', 'decoding', 'copy',
-               'pooling', 'subword', 'token_dropout', 'ngrams', 'ngram_buckets',
-               'ngram_scale', 'ngram_loss_weight', 'label_smoothing')
+               'pooling', 'subword', 'token_dropout', 'ngrams', 'ngram_unit',
+               'ngram_buckets', 'ngram_scale', 'ngram_loss_weight', 'label_smoothing')
 FIELD_TYPES = {'rate': (int, float), 'loss_weight': (int, float), 'max_length': (int,),
                'max_target_length': (int,), 'stopwords': (bool,), 'attention': (str,),
                'pos_tagger': (str,), 'source_lm_weight': (int, float), 'copy': (bool,),
                'pooling': (str,), 'subword': (str,), 'token_dropout': (int, float),
-               'ngrams': (int,), 'ngram_buckets': (int,), 'ngram_scale': (int, float),
+               'ngrams': (int,), 'ngram_unit': (str,), 'ngram_buckets': (int,),
+               'ngram_scale': (int, float),
                'ngram_loss_weight': (int, float), 'label_smoothing': (int, float)}
 # The keys that declare a task in the config alone (`type`, `reader` and `files` required).
 DECLARE_KEYS = ('type', 'reader', 'files', 'options', 'holdout', 'holdout_seed', 'description')

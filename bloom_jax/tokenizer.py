@@ -6,6 +6,7 @@ Either trained deterministically on a mixture's training text or loaded from any
 without `<sep>` separates source and target with `</s>`.
 """
 
+import functools
 import hashlib
 import os
 from collections.abc import Iterable
@@ -70,6 +71,16 @@ class Tokenizer:
         continue
       # A byte-level piece spells one byte per character; other models need a decode.
       out[i] = len(piece) if set(piece) <= alphabet else len(self.decode([i]).encode())
+    return out
+
+  @functools.cached_property
+  def space_prefixed(self) -> np.ndarray:
+    """[vocab] bool: the token spells a leading space ('Ġ' in a byte-level BPE, '▁' in a
+    SentencePiece model), so in running text it opens a whitespace word."""
+    out = np.zeros(self.vocab_size, bool)
+    for i in range(self.vocab_size):
+      piece = self.hf.id_to_token(i)
+      out[i] = i not in self.special_ids and piece is not None and piece[:1] in ('Ġ', '▁')
     return out
 
   def save(self, path: str) -> None:

@@ -568,3 +568,22 @@ def test_the_subword_tags_are_read_at_is_part_of_the_cache_key(synthetic, tmp_pa
   firsts, lasts = np.flatnonzero(first['weights']), np.flatnonzero(last['weights'])
   assert len(firsts) == len(lasts) and (lasts >= firsts).all()
   np.testing.assert_array_equal(first['targets'][firsts], last['targets'][lasts])
+
+
+def test_the_bags_ngram_unit_is_part_of_the_cache_key(synthetic, tmp_path):
+  """Word n-grams read where each word starts, which rows prepared for token n-grams lack."""
+  config, _, _ = synthetic
+  tokens = config.copy_and_resolve_references()
+  tokens.tasks.sentiment.ngrams = 2
+  words = tokens.copy_and_resolve_references()
+  words.tasks.sentiment.ngram_unit = 'word'
+  tokens, words = (pipeline.Pipeline(c, workdir=str(tmp_path / n))
+                   .examples('sentiment', 'train', 50)
+                   for c, n in ((tokens, 'tokens'), (words, 'words')))
+  assert set(words.tokens) == set(tokens.tokens) | {'word_starts'}
+  for key, value in tokens.tokens.items():
+    np.testing.assert_array_equal(words.tokens[key], value)
+  # Every example opens with <s>, and its text's first token, each a word of its own.
+  opens = np.concatenate([[0], np.cumsum(words.lengths)[:-1]])
+  assert words.tokens['word_starts'][opens].all() and words.tokens['word_starts'][opens + 1].all()
+  assert 0 < words.tokens['word_starts'].mean() < 1

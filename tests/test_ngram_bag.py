@@ -3,9 +3,12 @@
 Each position gets the bucket of every n-gram (orders 1..n) that ends there inside its
 example; an n-gram's bucket depends on its tokens alone. The bag's output at each position
 is the mean, over its example's tokens, of the kernel rows of those n-grams, so packed rows
-give each example what it gets alone. The table starts at zero: a model with the bag starts
-with the logits of the model without it. With `ngram_loss_weight` v, training adds v times
-the target's loss on the bag's logits alone to the loss on the sum.
+give each example what it gets alone. With `ngram_unit='word'` the n-grams are of the
+text's whitespace words (each word's tokens one unit; <s> and </s> words of their own),
+they end at their last word's last token, and the mean is over the example's words. The
+table starts at zero: a model with the bag starts with the logits of the model without it.
+With `ngram_loss_weight` v, training adds v times the target's loss on the bag's logits
+alone to the loss on the sum.
 """
 
 import dataclasses
@@ -43,9 +46,15 @@ def tok():
   return tokenizer.train([CLASSIFICATION.training_text(r) for r in ROWS] * 5, 400)
 
 
-def _task(**fields):
+@pytest.fixture(scope='module')
+def small_tok():
+  """Few merges: most words are several tokens, which word n-grams must hold together."""
+  return tokenizer.train([CLASSIFICATION.training_text(r) for r in ROWS] * 5, 275)
+
+
+def _task(max_length=48, **fields):  # every example whole, with either tokenizer
   return tasks.TaskSpec('t', CLASSIFICATION, source=None, labels=('negative', 'positive'),
-                        max_length=24, attention='bidirectional', **fields)
+                        max_length=max_length, attention='bidirectional', **fields)
 
 
 def _batch(task, tok, packed=True):
@@ -91,6 +100,67 @@ def test_each_position_gets_the_ngrams_that_end_there_inside_its_example(tok):
           assert buckets[r, at[i], n - 1] == _bucket(tuple(ids[i - n + 1:i + 1]))
 
 
+def _words(ids, starts):
+  """An example's words (token tuples), split where `starts` opens one."""
+  words = []
+  for i, start in zip(ids, starts, strict=True):
+    if start or not words:
+      words.append(())
+    words[-1] += (i,)
+  return words
+
+
+@functools.cache
+def _word_bucket(words: tuple[tuple[int, ...], ...]) -> int:
+  """The bucket of one word n-gram, from a row that holds just it."""
+  ids = jnp.asarray([[i for w in words for i in w]], jnp.int32)
+  starts = jnp.asarray([[int(k == 0) for w in words for k in range(len(w))]], jnp.int32)
+  rows, inside = heads.word_ngram_buckets(ids, jnp.ones_like(ids), starts, len(words), BUCKETS)
+  assert bool(inside[0, -1, -1])
+  return int(rows[0, -1, -1])
+
+
+def test_word_rows_mark_where_each_whitespace_word_opens(small_tok):
+  rows, _ = _batch(_task(ngrams=2, ngram_unit='word'), small_tok)
+  assert set(rows) == set(_batch(_task(ngrams=2), small_tok)[0]) | {'word_starts'}
+  assert not rows['word_starts'][rows['segment_ids'] == 0].any()
+  texts = {r['text'] for r in ROWS}
+  split = 0
+  for r, segments in enumerate(rows['segment_ids']):
+    for k in range(1, segments.max() + 1):
+      at = segments == k
+      words = _words(rows['input_ids'][r, at].tolist(), rows['word_starts'][r, at].tolist())
+      assert words[0] == (small_tok.bos_id,) and words[-1] == (small_tok.eos_id,)
+      decoded = [small_tok.decode(w) for w in words[1:-1]]
+      assert ''.join(decoded) in texts and [d.strip() for d in decoded] == ''.join(decoded).split()
+      split += sum(len(w) > 1 for w in words)
+  assert split > len(ROWS)  # the tokenizer splits words, so the test tells words from tokens
+
+
+def test_each_word_end_gets_the_word_ngrams_that_end_there_inside_its_example(small_tok):
+  rows, batch = _batch(_task(ngrams=ORDER, ngram_unit='word'), small_tok)
+  buckets, inside = jax.jit(heads.word_ngram_buckets, static_argnums=(3, 4))(
+      batch['input_ids'], batch['segment_ids'], batch['word_starts'], ORDER, BUCKETS)
+  buckets, inside = np.asarray(buckets), np.asarray(inside)
+  assert buckets.shape == inside.shape == (*rows['input_ids'].shape, ORDER)
+  assert buckets.min() >= 0 and buckets.max() < BUCKETS
+  assert not inside[rows['segment_ids'] == 0].any()
+  for r, segments in enumerate(rows['segment_ids']):
+    for k in range(1, segments.max() + 1):
+      at = np.flatnonzero(segments == k)
+      words = _words(rows['input_ids'][r, at].tolist(), rows['word_starts'][r, at].tolist())
+      ends = np.cumsum([len(w) for w in words]) - 1  # each word's last token in the example
+      for n in range(1, ORDER + 1):
+        want = np.zeros(len(at), bool)
+        want[ends[n - 1:]] = True  # a text of W words has W - n + 1 n-grams of order n
+        assert inside[r, at, n - 1].tolist() == want.tolist()
+        for w in range(n - 1, len(words)):
+          assert buckets[r, at[ends[w]], n - 1] == _word_bucket(tuple(words[w - n + 1:w + 1]))
+  # A word's bucket is its tokens', not any one token's: words of several tokens differ.
+  assert _word_bucket(((5, 6),)) != _word_bucket(((5,),)) != _word_bucket(((6,),))
+  assert _word_bucket(((5,), (6,))) != _word_bucket(((5, 6),))
+
+
 def test_the_bag_is_the_mean_of_its_examples_ngram_rows(tok):
   rows, batch = _batch(_task(), tok)
   bag = heads.NgramBag(2, ORDER, BUCKETS)
@@ -111,23 +181,48 @@ def test_the_bag_is_the_mean_of_its_examples_ngram_rows(tok):
   assert checked == len(ROWS)
 
 
-def _model(tok, ngrams):
+def test_the_word_bag_is_the_mean_of_its_examples_word_ngram_rows(small_tok):
+  rows, batch = _batch(_task(ngrams=ORDER, ngram_unit='word'), small_tok)
+  bag = heads.NgramBag(2, ORDER, BUCKETS, unit='word')
+  kernel = np.asarray(jax.random.normal(jax.random.key(0), (BUCKETS, 2)))
+  bag.kernel[...] = jnp.asarray(kernel)
+  got = np.asarray(jax.jit(lambda b, *x: b(*x))(
+      bag, batch['input_ids'], batch['segment_ids'], batch['word_starts']))
+  np.testing.assert_array_equal(got[rows['segment_ids'] == 0], 0)
+  checked = 0
+  for r, segments in enumerate(rows['segment_ids']):
+    for k in range(1, segments.max() + 1):
+      at = np.flatnonzero(segments == k)
+      words = _words(rows['input_ids'][r, at].tolist(), rows['word_starts'][r, at].tolist())
+      grams = [tuple(words[i:i + n]) for n in range(1, ORDER + 1)
+               for i in range(len(words) - n + 1)]
+      want = sum(kernel[_word_bucket(g)] for g in grams) / len(words)
+      np.testing.assert_allclose(got[r, at], np.broadcast_to(want, (len(at), 2)),
+                                 rtol=TOLERANCE, atol=TOLERANCE)
+      checked += 1
+  assert checked == len(ROWS)
+
+
+def _model(tok, ngrams, unit='token'):
   cfg = BloomConfig(vocab_size=tok.vocab_size, hidden_size=24, n_head=4, n_layer=2, init_std=0.5)
-  return MultiTaskModel(cfg, {'t': _task(ngrams=ngrams, ngram_buckets=BUCKETS)}, rngs=nnx.Rngs(3))
+  return MultiTaskModel(cfg, {'t': _task(ngrams=ngrams, ngram_buckets=BUCKETS, ngram_unit=unit)},
+                        rngs=nnx.Rngs(3))
 
 
-def test_the_model_starts_as_without_the_bag_and_packing_changes_nothing(tok):
-  plain, wide = _model(tok, 0), _model(tok, ORDER)
+@pytest.mark.parametrize('unit', ['token', 'word'])
+def test_the_model_starts_as_without_the_bag_and_packing_changes_nothing(small_tok, unit):
+  tok = small_tok
+  plain, wide = _model(tok, 0), _model(tok, ORDER, unit)
   assert set(nnx.state(plain.heads['t'], nnx.Param)) == {'kernel', 'bias'}
   assert wide.heads['t'].ngrams.kernel[...].shape == (BUCKETS, 2)
-  rows, batch = _batch(_task(), tok)
-  np.testing.assert_array_equal(np.asarray(wide(_task(ngrams=ORDER), batch)),
-                                np.asarray(plain(_task(), batch)))
+  task = _task(ngrams=ORDER, ngram_unit=unit)
+  rows, batch = _batch(task, tok)
+  np.testing.assert_array_equal(np.asarray(wide(task, batch)), np.asarray(plain(_task(), batch)))
   wide.heads['t'].ngrams.kernel[...] = jax.random.normal(jax.random.key(1), (BUCKETS, 2))
 
   def scored(packed):
-    rows, batch = _batch(_task(ngrams=ORDER), tok, packed)
-    logits = np.asarray(wide(_task(ngrams=ORDER), batch))
+    rows, batch = _batch(task, tok, packed)
+    logits = np.asarray(wide(task, batch))
     return sorted(logits[rows['weights'] > 0].tolist()), len(rows['weights'])
 
   packed, packed_rows = scored(True)
@@ -233,6 +328,11 @@ def test_ngrams_are_checked_by_value_and_task_type():
   for name in ('tagging', 'lm', 'summarize'):
     with pytest.raises(ConfigError, match=f'tasks.{name}.ngrams: not for'):
       tasks.configure({name: dict(ngrams=2)})
+  assert tasks.configure({'sentiment': dict(ngrams=2, ngram_unit='word')})[
+      'sentiment'].ngram_unit == 'word'
+  with pytest.raises(ConfigError, match="tasks.sentiment.ngram_unit: 'words' is not one of "
+                                        r"\('token', 'word'\)"):
+    tasks.configure({'sentiment': dict(ngrams=2, ngram_unit='words')})
   REGRESSION.check(tasks.TaskSpec('scores', REGRESSION, source=None, ngrams=2), 'tasks.scores')
   for bad in (dict(ngram_loss_weight=1.0), dict(ngrams=2, ngram_loss_weight=-1.0)):
     with pytest.raises(ConfigError, match='tasks.sentiment.ngram_loss_weight: must be >= 0, '

@@ -248,6 +248,8 @@ class Pipeline:
       fields['pos_tagger'] = spec.pos_tagger.fingerprint()
     if spec.subword != 'first':  # as above: the default keeps the keys of prepared data
       fields['subword'] = spec.subword
+    if spec.ngram_unit != 'token':  # rows with word starts
+      fields['ngram_unit'] = spec.ngram_unit
     path = os.path.join(self.prepared_dir, f'{spec.name}-{_hash(fields)}')
     prepared = Prepared.load(path)
     if prepared is not None:

@@ -28,6 +28,7 @@ from bloom_jax.errors import ConfigError
 
 POOLING = ('last', 'mean', 'max')  # `pooling`: which states a label is read from
 SUBWORDS = ('first', 'last')  # `subword`: which of a word's subwords its tag is read at
+NGRAM_UNITS = ('token', 'word')  # `ngram_unit`: what a bag's n-grams are n of
 
 
 class TaskType(abc.ABC):
@@ -90,6 +91,8 @@ class TaskType(abc.ABC):
       raise ConfigError(f'{key}.subword: not for {self.name} tasks')
     if task.ngrams and not self.takes_ngrams:
       raise ConfigError(f'{key}.ngrams: not for {self.name} tasks')
+    if task.ngram_unit not in NGRAM_UNITS:
+      raise ConfigError(f'{key}.ngram_unit: {task.ngram_unit!r} is not one of {NGRAM_UNITS}')
     if task.label_smoothing and not self.takes_label_smoothing:
       raise ConfigError(f'{key}.label_smoothing: not for {self.name} tasks')
 

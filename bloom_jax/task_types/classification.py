@@ -24,7 +24,10 @@ Evaluation, and the loss it reports, stay on the label alone.
 With `ngrams` n > 0 the logits also add a linear model of the example's hashed token
 n-grams of orders 1..n (`heads.NgramBag`, the same value at each of its positions): a
 bag of n-grams, which a linear text classifier learns from few examples, beside the
-transformer's reading, which needs more. With `ngram_loss_weight` v > 0, training also
+transformer's reading, which needs more. With `ngram_unit='word'` the n-grams are of
+whitespace words, each word's tokens one unit, as a TF-IDF model's word n-grams; the rows
+then carry `word_starts`, 1 at each word's first token (a token that spells a leading
+space, or the text's first) and at <s> and </s>. With `ngram_loss_weight` v > 0, training also
 scores the bag's logits alone, as a classifier of its own:
 
     L = (sum_label nll(head + bag) + v * sum_label nll(bag)) / examples
@@ -107,6 +110,11 @@ class Classification(base.TaskType):
     fields = {'input_ids': ids, 'targets': targets, 'weights': weights}
     if task.pos_tagger:
       fields['pos_tags'] = packing.ragged([[0] + t[:task.max_length - 2] + [0] for t in tags])[0]
+    if task.ngram_unit == 'word':  # 1 where a word opens: <s> and </s> are words of their own
+      opens = tok.space_prefixed
+      fields['word_starts'] = packing.ragged(
+          [[1, *(int(k == 0 or opens[i]) for k, i in enumerate(b[:task.max_length - 2])), 1]
+           for b in body])[0]
     examples = packing.Examples(fields, lengths)
     return examples, {'length': full, 'truncated': full > task.max_length}
 
@@ -144,7 +152,8 @@ class Classification(base.TaskType):
 
   def make_head(self, model_cfg, task, rngs):
     return heads.LinearHead(model_cfg, self.num_outputs(task), rngs=rngs, ngrams=task.ngrams,
-                            ngram_buckets=task.ngram_buckets, ngram_scale=task.ngram_scale)
+                            ngram_unit=task.ngram_unit, ngram_buckets=task.ngram_buckets,
+                            ngram_scale=task.ngram_scale)
 
   def logits(self, model, task, hidden, batch, dropout_key):
     """[B, S, labels] logits at every position; in training with auxiliary losses, a dict
@@ -170,7 +179,8 @@ class Classification(base.TaskType):
     out = head(hidden, dropout_key)
     if task.pooling == 'mean':
       out = layers.segment_mean(out, batch['segment_ids'])
-    bag = head.ngrams(batch['input_ids'], batch['segment_ids']) if task.ngrams else None
+    bag = (head.ngrams(batch['input_ids'], batch['segment_ids'], batch.get('word_starts'))
+           if task.ngrams else None)
     return (out if bag is None else out + bag), bag
 
   def vocab_positions(self, task):
