@@ -6,7 +6,8 @@ tagging tasks each have a linear head of their own. A classification (or regress
 with `ngrams` n > 0 also has a bag of its input's hashed token (or word) n-grams of
 orders 1..n (`NgramBag`), a linear model added to the head's logits: the wide part of a
 wide-and-deep classifier (Cheng et al. 2016), or fastText's bag of n-grams (Joulin et al.
-2017).
+2017). With `pooling='attention'` the head first pools each example's states by learned
+attention (`AttentionPool`).
 """
 
 import jax
@@ -14,17 +15,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bloom_jax.compat import param
-from bloom_jax.layers import dropout, segment_mean
+from bloom_jax.layers import dropout, segment_max, segment_mean
 from bloom_jax.model import BloomConfig
 
 
 class LinearHead(nnx.Module):
   """Hidden states -> per-position outputs (float32), e.g. label logits. With `ngrams` > 0
-  it also holds an `NgramBag` of those orders (`.ngrams`), which the task type adds."""
+  it also holds an `NgramBag` of those orders (`.ngrams`), which the task type adds; with
+  `attention_pool` an `AttentionPool` (`.pool`), which the task type applies first."""
 
   def __init__(self, cfg: BloomConfig, num_outputs: int, *, rngs: nnx.Rngs, ngrams: int = 0,
-               ngram_unit: str = 'token', ngram_buckets: int = 0, ngram_scale: float = 1.0):
+               ngram_unit: str = 'token', ngram_buckets: int = 0, ngram_scale: float = 1.0,
+               attention_pool: bool = False):
     self.dtype, self.dropout = cfg.dtype, cfg.dropout
+    if attention_pool:  # as the bag: heads without it keep the parameters they had
+      self.pool = AttentionPool(cfg)
     if ngrams:  # only then: the parameters of heads without it stay as they were
       self.ngrams = NgramBag(num_outputs, ngrams, ngram_buckets, ngram_scale, ngram_unit)
     self.kernel = param(cfg.init_std * jax.random.normal(
@@ -35,6 +40,43 @@ class LinearHead(nnx.Module):
     hidden = dropout(hidden, self.dropout, dropout_key)
     logits = hidden @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
     return logits.astype(jnp.float32)
+
+
+class AttentionPool(nnx.Module):
+  """Each example's states -> one state per example, pooled by learned attention: the
+  multihead attention pooling of big_vision's MAP head and of Lin et al. (2017), reduced
+  to its probe. Head h scores every token from its whole state (one learned query per
+  head, no key projection) and averages its own slice of the states (no value
+  projection) by the softmax of those scores over the example:
+
+      pooled_h = sum_t softmax_t(x_t . q_h) x_t[h]
+
+  The queries start at zero, so the pool starts as the mean over the example's tokens and
+  learns which tokens to weigh more, per head: a cue that the mean dilutes by the text's
+  length, without max pooling's one token per feature."""
+
+  def __init__(self, cfg: BloomConfig):
+    self.dtype, self.n_head = cfg.dtype, cfg.n_head
+    self.kernel = param(jnp.zeros((cfg.hidden_size, cfg.n_head), cfg.param_dtype),
+                       ('embed', 'heads'))
+
+  def __call__(self, hidden, segment_ids):
+    """[B, S, H] states, [B, S] segment ids -> [B, S, H], at every position its example's
+    pooled state (0 at padding)."""
+    scores = (hidden @ self.kernel[...].astype(self.dtype)).astype(jnp.float32)
+    # exp(score - the example's max): the softmax over each example, without overflow. The
+    # shift cancels in the softmax, so no gradient goes through it (a max's gradient at
+    # ties, as all the scores are at the start, is undefined); padding gets weight 0.
+    inside = segment_ids[..., None] > 0
+    shifted = scores - jax.lax.stop_gradient(segment_max(scores, segment_ids))
+    weights = jnp.where(inside, jnp.exp(jnp.where(inside, shifted, 0.0)), 0.0)
+    b, s, h = hidden.shape
+    heads = hidden.astype(jnp.float32).reshape(b, s, self.n_head, h // self.n_head)
+    # The mean of weight x value over the mean of weight: the softmax's normalisation.
+    total = segment_mean((weights[..., None] * heads).reshape(b, s, h), segment_ids)
+    norm = segment_mean(weights, segment_ids)  # 0 at padding only, where total is 0 too
+    pooled = total.reshape(b, s, self.n_head, -1) / jnp.where(norm > 0, norm, 1.0)[..., None]
+    return pooled.reshape(b, s, h).astype(hidden.dtype)
 
 
 # Multiplicative hashing (Knuth's golden-ratio constant), and the base that folds each

@@ -53,7 +53,8 @@ class TaskSpec:
                                    #   tokens into the output distribution (pointer-generator)
   pooling: str = 'last'            # classification, regression: the label is read from the
                                    #   last token's state ('last'), or the head is applied to
-                                   #   the example's mean state ('mean') or max state ('max')
+                                   #   the example's mean state ('mean'), max state ('max')
+                                   #   or attention-pooled state ('attention')
   subword: str = 'first'           # tagging: a word's tag is read at its first subword or
                                    #   its last ('last')
   token_dropout: float = 0.0       # training: each input token's word embedding is zeroed

@@ -8,8 +8,9 @@ types that take the loss (generation's other tests: test_generation_options.py).
 
 `pooling`: 'last' (the default) reads the head at each example's last token; 'mean' reads
 the head's mean over the example's tokens, which for a linear head is the head of the mean
-state; 'max' reads the head of the example's elementwise max state. Packed rows give each
-example exactly what it gets alone.
+state; 'max' reads the head of the example's elementwise max state; 'attention' reads the
+head of a softmax-weighted mean of its states, per head (`heads.AttentionPool`). Packed
+rows give each example exactly what it gets alone.
 """
 
 import functools
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bloom_jax import layers, losses, steps, tasks, tokenizer
+from bloom_jax import heads, layers, losses, steps, tasks, tokenizer
 from bloom_jax.errors import ConfigError
 from bloom_jax.model import BloomConfig
 from bloom_jax.multitask_model import MultiTaskModel
@@ -60,9 +61,13 @@ def _batch(task, tok, packed=True):
 
 
 @functools.cache
-def _model(vocab_size: int) -> MultiTaskModel:
+def _model(vocab_size: int, pooling: str = 'last') -> MultiTaskModel:
   cfg = BloomConfig(vocab_size=vocab_size, hidden_size=24, n_head=4, n_layer=2, init_std=0.5)
-  return MultiTaskModel(cfg, {'t': _task()}, rngs=nnx.Rngs(3))
+  model = MultiTaskModel(cfg, {'t': _pooled(pooling)}, rngs=nnx.Rngs(3))
+  if pooling == 'attention':  # queries away from their start at zero, where the pool is the mean
+    pool = model.heads['t'].pool
+    pool.kernel[...] = jax.random.normal(jax.random.key(4), pool.kernel[...].shape)
+  return model
 
 
 def test_every_token_but_an_examples_last_predicts_the_next(tok):
@@ -193,9 +198,62 @@ def test_pooling_reads_the_head_of_each_examples_pooled_state(tok, pooling, redu
   assert not np.allclose(pooled_logits[scored], last_logits[scored])
 
 
-@pytest.mark.parametrize('pooling', ['last', 'mean', 'max'])
+def _attention_pool_reference(values, segment_ids, query, n_head):
+  """Per example and head: the softmax over its tokens of x . q_h weighting their h-th slice."""
+  want = np.zeros_like(values)
+  width = values.shape[-1] // n_head
+  for b, row in enumerate(segment_ids):
+    for k in set(row[row > 0].tolist()):
+      x = values[b, row == k]
+      for h in range(n_head):
+        scores = x @ query[:, h]
+        w = np.exp(scores - scores.max())
+        part = slice(h * width, (h + 1) * width)
+        want[b, row == k, part] = (w / w.sum()) @ x[:, part]
+  return want
+
+
+def test_attention_pool_is_a_softmax_weighted_mean_per_head_and_starts_as_the_mean():
+  cfg = BloomConfig(vocab_size=8, hidden_size=6, n_head=2, n_layer=1)
+  pool = heads.AttentionPool(cfg)
+  segment_ids = np.array([[1, 1, 2, 2, 2, 0], [0, 1, 1, 0, 2, 3]])  # padding between, too
+  rng = np.random.default_rng(0)
+  values = rng.normal(size=(2, 6, 6)).astype(np.float32)
+  args = jnp.asarray(values), jnp.asarray(segment_ids)
+  start = pool(*args)  # queries at zero: every token weighs the same
+  np.testing.assert_allclose(np.asarray(start), np.asarray(layers.segment_mean(*args)),
+                             rtol=TOLERANCE, atol=TOLERANCE)
+  # ... and the queries' gradient there is not zero, so training moves them off the mean.
+  probe = jnp.asarray(rng.normal(size=values.shape), jnp.float32)
+  grad = nnx.grad(lambda p: jnp.sum(p(*args) * probe))(pool)
+  assert np.abs(np.asarray(grad.kernel[...])).min() > 0
+  query = 3 * rng.normal(size=(6, 2)).astype(np.float32)  # sharp weights, far from the mean
+  pool.kernel[...] = jnp.asarray(query)
+  got = np.asarray(nnx.jit(lambda p, v, s: p(v, s))(pool, *args))
+  want = _attention_pool_reference(values, segment_ids, query, 2)
+  np.testing.assert_allclose(got, want, rtol=TOLERANCE, atol=TOLERANCE)
+  assert not np.allclose(got, np.asarray(start), atol=0.1)
+  assert (got[segment_ids == 0] == 0).all()
+
+
+def test_attention_pooling_reads_the_head_of_each_examples_pooled_state(tok):
+  rows, batch = _batch(_pooled('attention'), tok)
+  model = _model(tok.vocab_size, 'attention')
+  hidden, _ = model.bloom.hidden_states(batch['input_ids'], segment_ids=batch['segment_ids'],
+                                        mode='bidirectional')
+  head = model.heads['t']
+  pooled = _attention_pool_reference(np.asarray(hidden), rows['segment_ids'],
+                                     np.asarray(head.pool.kernel[...]), 4)
+  logits = np.asarray(model(_pooled('attention'), batch))
+  scored = rows['weights'] > 0
+  want = np.asarray(head(jnp.asarray(pooled), None))
+  np.testing.assert_allclose(logits[scored], want[scored], rtol=1e-4, atol=1e-4)
+  assert scored.sum() == len(ROWS)
+
+
+@pytest.mark.parametrize('pooling', ['last', 'mean', 'max', 'attention'])
 def test_packed_examples_get_the_logits_they_get_alone(tok, pooling):
-  model = _model(tok.vocab_size)
+  model = _model(tok.vocab_size, pooling)
 
   def scored(packed):
     rows, batch = _batch(_pooled(pooling), tok, packed)
@@ -211,7 +269,7 @@ def test_packed_examples_get_the_logits_they_get_alone(tok, pooling):
 def test_pooling_is_checked_by_name_and_task_type():
   with pytest.raises(ConfigError, match=r"tasks.sentiment.pooling: 'median' is not one of"):
     tasks.configure({'sentiment': dict(pooling='median')})
-  for pooling in ('mean', 'max'):
+  for pooling in ('mean', 'max', 'attention'):
     assert tasks.configure({'sentiment': dict(pooling=pooling)})['sentiment'].pooling == pooling
   assert tasks.configure({'sentiment': {}})['sentiment'].pooling == 'last'
   for name in ('tagging', 'lm', 'summarize'):

@@ -26,7 +26,7 @@ from bloom_jax import decoding, losses, metrics
 from bloom_jax.data import packing
 from bloom_jax.errors import ConfigError
 
-POOLING = ('last', 'mean', 'max')  # `pooling`: which states a label is read from
+POOLING = ('last', 'mean', 'max', 'attention')  # `pooling`: which states a label is read from
 SUBWORDS = ('first', 'last')  # `subword`: which of a word's subwords its tag is read at
 NGRAM_UNITS = ('token', 'word')  # `ngram_unit`: what a bag's n-grams are n of
 

@@ -12,6 +12,10 @@ the label directly, not only through the attention of the last one. With `poolin
 the head reads the example's max state, each feature's largest value over its tokens
 (the max-pooled encoder of InferSent and the CNN text classifiers): one strong cue
 anywhere in a text decides a feature, where the mean dilutes it with the text's length.
+With `pooling='attention'` the head reads a weighted mean of the example's states, each
+head's slice weighted by the softmax of a learned query's scores (`heads.AttentionPool`,
+big_vision's MAP head reduced to its probe): it starts as the mean and learns which
+tokens count.
 
 With `source_lm_weight` w > 0 (causal attention only), training also predicts every
 token of an example from the ones before it (the text's tokens and </s>), each with
@@ -153,7 +157,8 @@ class Classification(base.TaskType):
   def make_head(self, model_cfg, task, rngs):
     return heads.LinearHead(model_cfg, self.num_outputs(task), rngs=rngs, ngrams=task.ngrams,
                             ngram_unit=task.ngram_unit, ngram_buckets=task.ngram_buckets,
-                            ngram_scale=task.ngram_scale)
+                            ngram_scale=task.ngram_scale,
+                            attention_pool=task.pooling == 'attention')
 
   def logits(self, model, task, hidden, batch, dropout_key):
     """[B, S, labels] logits at every position; in training with auxiliary losses, a dict
@@ -171,11 +176,14 @@ class Classification(base.TaskType):
 
   def head_outputs(self, model, task, hidden, batch, dropout_key):
     """(outputs, bag): the head at every position (with `pooling='max'`, of each example's
-    max state; with 'mean', its mean over each example), plus with `ngrams` the example's
-    bag of n-grams; and that bag alone (None without `ngrams`)."""
+    max state; with 'attention', its attention-pooled state; with 'mean', its mean over each
+    example), plus with `ngrams` the example's bag of n-grams; and that bag alone (None
+    without `ngrams`)."""
     head = model.heads[task.name]
     if task.pooling == 'max':
       hidden = layers.segment_max(hidden, batch['segment_ids'])
+    if task.pooling == 'attention':
+      hidden = head.pool(hidden, batch['segment_ids'])
     out = head(hidden, dropout_key)
     if task.pooling == 'mean':
       out = layers.segment_mean(out, batch['segment_ids'])
