@@ -124,6 +124,9 @@ def get_config(arg=None):
   if 'steps' in args:  # a shorter (pilot) run: three evaluations and checkpoints, as above
     c.total_steps = int(args['steps'])
     c.eval_every = c.checkpoint_every = c.total_steps // 3
+  # Every evaluated step's checkpoint: each task is scored at its own step, selected on
+  # validation after training (docs/results.md), so a sweep's trials need them all too.
+  c.keep_checkpoints = c.total_steps // c.checkpoint_every
   if 'single' in args:
     task = args['single']
     c.tasks = ml_collections.ConfigDict({task: c.tasks[task].to_dict()})

@@ -529,6 +529,10 @@ def test_real_config_variants():
   # Data-matched: the task's rows per step and its tokenizer are the mixture's.
   assert alone.data.batch_size == round(mixture.data.batch_size * mixture.tasks.trec.rate)
   assert alone.tokenizer.train_on == mixture.tokenizer.train_on
+  # Every evaluated step's checkpoint is kept: the selection on validation comes after.
+  for c in (mixture, alone, real_multitask.get_config('steps=600')):
+    assert c.keep_checkpoints * c.checkpoint_every == c.total_steps
+    assert c.eval_every == c.checkpoint_every
   for bad in ('single=nope', 'seed=x', 'other=1', 'single', 'sweep=dropout'):
     with pytest.raises(ValueError, match='expected single=TASK'):
       real_multitask.get_config(bad)
