@@ -82,7 +82,8 @@ def get_config(arg=None):
     c.tasks[name].source_lm_weight = 0.0  # a next-token loss on the text (attention='causal')
     # The label is read from the max over the example's states ('last': its last state;
     # 'mean': not adopted); with the bag, two seeds: TREC-6 +1.8 on test, SST-2 level.
-    # 'attention' for SST-2: +2.2 in the mixture, one seed so far (docs/results.md).
+    # 'attention' for SST-2: +1.7 in the mixture, two seeds (docs/results.md); not yet run
+    # through the protocol.
     c.tasks[name].pooling = 'max'
     # A linear bag of token 1..3-grams beside the head, trained ngram_scale times faster
     # (docs/multitask.md; 0: none): in the mixture, seed 0, SST-2 +1.5 and TREC-6 +0.8 on
