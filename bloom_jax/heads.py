@@ -72,9 +72,11 @@ class AttentionPool(nnx.Module):
     weights = jnp.where(inside, jnp.exp(jnp.where(inside, shifted, 0.0)), 0.0)
     b, s, h = hidden.shape
     heads = hidden.astype(jnp.float32).reshape(b, s, self.n_head, h // self.n_head)
-    # The mean of weight x value over the mean of weight: the softmax's normalisation.
-    total = segment_mean((weights[..., None] * heads).reshape(b, s, h), segment_ids)
-    norm = segment_mean(weights, segment_ids)  # 0 at padding only, where total is 0 too
+    # The mean of weight x value over the mean of weight (the softmax's normalisation),
+    # both from one segment mean.
+    both = segment_mean(jnp.concatenate(
+        [(weights[..., None] * heads).reshape(b, s, h), weights], -1), segment_ids)
+    total, norm = both[..., :h], both[..., h:]  # norm is 0 at padding only, as total is
     pooled = total.reshape(b, s, self.n_head, -1) / jnp.where(norm > 0, norm, 1.0)[..., None]
     return pooled.reshape(b, s, h).astype(hidden.dtype)
 
