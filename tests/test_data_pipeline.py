@@ -529,6 +529,11 @@ def test_real_config_variants():
   # Data-matched: the task's rows per step and its tokenizer are the mixture's.
   assert alone.data.batch_size == round(mixture.data.batch_size * mixture.tasks.trec.rate)
   assert alone.tokenizer.train_on == mixture.tokenizer.train_on
+  # ... and so is everything else about the task (its head, pooling, losses) but its rate.
+  for task in mixture.tasks:
+    by_itself = real_multitask.get_config(f'single={task}').tasks[task].to_dict()
+    assert by_itself.pop('rate') == 1.0
+    assert by_itself == {k: v for k, v in mixture.tasks[task].to_dict().items() if k != 'rate'}
   # Every evaluated step's checkpoint is kept: the selection on validation comes after.
   for c in (mixture, alone, real_multitask.get_config('steps=600')):
     assert c.keep_checkpoints * c.checkpoint_every == c.total_steps
