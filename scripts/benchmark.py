@@ -2,7 +2,7 @@ r"""Throughput, compile time and memory of bloom_jax against this machine and tr
 
     python scripts/benchmark.py --json /tmp/bench.json   # full run (~3 min on 2 cores)
     python scripts/benchmark.py --quick                  # tiny shapes, a smoke test (~1.5 min)
-    python scripts/benchmark.py --mixture --json F       # the real mixture: packing, n-gram bags
+    python scripts/benchmark.py --mixture --json F       # the real mixture: packing, bags, pooling
 
 One run measures, on one machine:
   1. ceilings: dense matmul FLOP/s (a large jnp.dot in the compute dtype) and streaming
@@ -33,10 +33,10 @@ the decode ratio against transformers a median of runs taken back to back. The f
 against the run's best reading are reported next to them.
 
 `--mixture` instead times configs/real_multitask.py's train step on real batches (data.dir
-or $BLOOM_JAX_DATA) with packed rows, with one example per row and with bags of n-grams
-beside the classifiers' heads, in turns: examples per second of every task, non-padding
-tokens per second, and the bags' step time against the packed step's
-(scripts/bench/mixture.py).
+or $BLOOM_JAX_DATA) with packed rows, with one example per row, with bags of n-grams
+beside the classifiers' heads and with max pooling in place of attention pooling, in
+turns: examples per second of every task, non-padding tokens per second, and the bags' and
+attention pooling's step time against the step without them (scripts/bench/mixture.py).
 """
 
 import argparse
@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
   parser.add_argument('--steps', type=int, default=0,
                       help='timed train steps per framework (default 10, quick 3)')
   parser.add_argument('--mixture', action='store_true',
-                      help='instead of the comparison: the real mixture (packing, n-gram bags)')
+                      help='instead of the comparison: the real mixture (packing, bags, pooling)')
   parser.add_argument('--config', default='',
                       help='instead of the comparison: time this config\'s own model '
                            '(configs/NAME.py[:arg]) for each of --variants, one LM task')

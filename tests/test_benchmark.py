@@ -39,7 +39,8 @@ def test_token_products_read_every_weight_matrix_once():
 
 def test_mixture_layouts_train_the_same_tokens_per_step():
   """The packed and unpacked real-data mixtures differ only in how examples fill rows, the
-  recipe's (with bags of n-grams) from the packed one only in its classifiers' bags."""
+  recipe's (with bags of n-grams) from the packed one only in its classifiers' bags and from
+  max_pooling only in how its attention-pooled classifiers pool."""
   from scripts.bench import mixture
 
   layouts = mixture.layouts()
@@ -48,7 +49,7 @@ def test_mixture_layouts_train_the_same_tokens_per_step():
     rates = {t: c.rate * config.data.batch_size for t, c in config.tasks.items()}
     tokens[name] = sum(round(rates[t]) * c.max_length for t, c in config.tasks.items())
   expected = sum(rows * length for rows, length in real_multitask.TASKS.values())
-  assert tokens['packed'] == tokens['unpacked'] == tokens['ngrams'] == expected
+  assert set(tokens.values()) == {expected}
   assert layouts['packed'].data.pack and not layouts['unpacked'].data.pack
   bags = {t: c.ngrams for t, c in layouts['ngrams'].tasks.items() if c.get('ngrams')}
   recipe = real_multitask.get_config()
@@ -56,3 +57,11 @@ def test_mixture_layouts_train_the_same_tokens_per_step():
   assert set(bags) == {'sst2', 'trec'}
   assert not any(c.get('ngrams') for c in layouts['packed'].tasks.values())
   assert layouts['ngrams'].data.pack
+  # 'max_pooling' is the recipe but for its attention-pooled classifiers.
+  attention = {t for t, c in recipe.tasks.items() if c.get('pooling') == 'attention'}
+  assert attention == {'sst2'}
+  for task, c in layouts['max_pooling'].tasks.items():
+    expected = recipe.tasks[task].to_dict()
+    if task in attention:
+      expected['pooling'] = 'max'
+    assert c.to_dict() == expected
