@@ -1,2 +1,2 @@
-.venv/bin/python -m bloom_jax.train --config configs/real_multitask.py:single=sst2,seed=0 --workdir /work/runs/r10/sst2-equal-seed0 --config.best_metric=eval/sst2/accuracy --config.best_mode=max --config.total_steps=14848
-.venv/bin/python -m bloom_jax.evaluate --workdir /work/runs/r10/sst2-equal-seed0 --split validation --step 4800
+.venv/bin/python -m bloom_jax.train --config configs/real_multitask.py:single=sst2,seed=0 --workdir /work/runs/r11/sst2-equal-seed0 --config.best_metric=eval/sst2/accuracy --config.best_mode=max --config.total_steps=14848
+.venv/bin/python -m bloom_jax.evaluate --workdir /work/runs/r11/sst2-equal-seed0 --split validation --step 2800

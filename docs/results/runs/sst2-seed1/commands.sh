@@ -1,2 +1,2 @@
-.venv/bin/python -m bloom_jax.train --config configs/real_multitask.py:single=sst2,seed=1 --workdir /work/runs/r10/sst2-seed1 --config.best_metric=eval/sst2/accuracy --config.best_mode=max
-.venv/bin/python -m bloom_jax.evaluate --workdir /work/runs/r10/sst2-seed1 --split validation --step 800
+.venv/bin/python -m bloom_jax.train --config configs/real_multitask.py:single=sst2,seed=1 --workdir /work/runs/attn/sst2-seed1 --config.best_metric=eval/sst2/accuracy --config.best_mode=max --config.tasks.sst2.pooling=attention
+.venv/bin/python -m bloom_jax.evaluate --workdir /work/runs/attn/sst2-seed1 --split validation --step 2000
