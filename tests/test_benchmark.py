@@ -59,7 +59,7 @@ def test_mixture_layouts_train_the_same_tokens_per_step():
   assert layouts['ngrams'].data.pack
   # 'max_pooling' is the recipe but for its attention-pooled classifiers.
   attention = {t for t, c in recipe.tasks.items() if c.get('pooling') == 'attention'}
-  assert attention == {'sst2'}
+  assert attention, "no classifier of the recipe pools by attention: 'max_pooling' would be it"
   for task, c in layouts['max_pooling'].tasks.items():
     expected = recipe.tasks[task].to_dict()
     if task in attention:
