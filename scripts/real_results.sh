@@ -10,8 +10,11 @@
 #
 # Each task's checkpoint is selected on validation (the best in-training evaluation of its
 # headline metric, scripts/results_table.py) and its whole validation and test splits are
-# scored at that step. A run's commands go to WORKDIR/commands.sh, which results.json quotes.
-# A run with WORKDIR/eval/done is skipped when the script is rerun; an interrupted one resumes.
+# scored at that step. A generating task's decoding is chosen there too: each setting of
+# results_table.py's DECODINGS on the whole validation split, then test with the best.
+# A run's commands go to WORKDIR/commands.sh, which results.json quotes. A run with
+# WORKDIR/eval/done is not trained or scored again when the script is rerun (its missing
+# decoding scores are added); an interrupted one resumes.
 #
 # With LOGS=DIR, each finished run's logs (all that results.json is collected from, without
 # the checkpoints' arrays: scripts/results_table.py logs) are copied to DIR/<run> as well;
@@ -58,6 +61,8 @@ run() {
   if [[ ! -f ${workdir}/eval/done ]]; then
     train_and_score "$workdir" "$arg" "$@"
   fi
+  decode "$workdir" validation
+  decode "$workdir" test  # with the setting chosen on validation
   if [[ -n $logs ]]; then
     "${table[@]}" logs "$workdir" "${logs}/${workdir##*/}"
   fi
@@ -80,6 +85,23 @@ train_and_score() {
         --step "$step"
   done
   touch "${workdir}/eval/done"
+}
+
+# decode WORKDIR SPLIT: scores the decoding settings the run has yet to score on SPLIT.
+decode() {
+  local workdir=$1 split=$2 listed line step settings setting lines
+  listed=$("${table[@]}" decodings "$workdir" "$split")  # STEP SETTING... lines
+  [[ -n $listed ]] || return 0
+  mapfile -t lines <<< "$listed"
+  for line in "${lines[@]}"; do
+    read -r step settings <<< "$line"
+    local flags=()
+    for setting in $settings; do
+      flags+=(--decoding "$setting")
+    done
+    logged "$workdir" "$python" -m bloom_jax.evaluate --workdir "$workdir" --split "$split" \
+        --step "$step" "${flags[@]}"
+  done
 }
 
 listed=$("${table[@]}" selection)  # TASK METRIC MODE lines: each task's headline metric

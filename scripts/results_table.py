@@ -13,7 +13,9 @@ evaluation of the task's headline metric is best (the `eval/<task>/<metric>` lin
 metrics.jsonl, over the first data.eval_examples examples of the split), the earliest on a
 tie. A task trained alone also names that step in best.json (its best_metric); the two must
 agree. Reported are the whole validation and test splits at that step, scored by
-`bloom_jax.evaluate --split S --step N` (eval/<split>_<step>.json).
+`bloom_jax.evaluate --split S --step N` (eval/<split>_<step>.json). A generating task's
+decoding is chosen the same way, at that step: each setting of DECODINGS on the whole
+validation split, test with the best (`evaluate --decoding`, eval/<split>_decoding_<step>.json).
 
 `collect` replaces only the `models` key of docs/results.json (scripts/baselines.py writes
 `baselines`, read here for each task's baseline and AESLC's lead-4 target), then renders
@@ -22,6 +24,7 @@ docs/results_analysis.md, included verbatim. What real_results.sh asks while it 
 
   python scripts/results_table.py selection                 # TASK eval/<task>/<metric> max|min
   python scripts/results_table.py evaluations WORKDIR       # SPLIT STEP: the scores to compute
+  python scripts/results_table.py decodings WORKDIR SPLIT   # STEP SETTING...: decodings to score
   python scripts/results_table.py equal-steps MULTI SINGLE  # the equal-compute total_steps
   python scripts/results_table.py logs WORKDIR DEST         # a finished run's logs (LOGS)
 """
@@ -55,6 +58,7 @@ class Headline:
   mode: str                 # 'max' or 'min': which way is better
   splits: tuple[str, ...]   # scored at the selected step
   targets: dict             # split: a value in `units`, or the baseline method to match
+  decoded: bool = False     # generated: scored with the decoding chosen on validation
 
 
 HEADLINES = {
@@ -65,13 +69,20 @@ HEADLINES = {
     'trec': Headline('TREC-6', 'accuracy', 'accuracy', 1, 'fraction', 'max',
                      ('validation', 'test'), {'test': 0.91}),
     'aeslc': Headline('AESLC', 'rougeL', 'rougeL', 1, 'x100', 'max', ('validation', 'test'),
-                      {'validation': 'lead-4', 'test': 'lead-4'}),
+                      {'validation': 'lead-4', 'test': 'lead-4'}, decoded=True),
     # Tiny Shakespeare is ASCII, so bits per byte x ln 2 is nats per character.
     'shakespeare': Headline('Tiny Shakespeare', 'bits_per_byte', 'nats_per_character',
                             math.log(2), 'nats', 'min', ('validation',), {'validation': 1.50}),
 }
 LABELS = {'word_accuracy': 'UPOS accuracy (%)', 'accuracy': 'accuracy (%)',
           'rougeL': 'ROUGE-L', 'nats_per_character': 'nats/char'}
+# A generating task's decoding is chosen per run, as its step is: each of these settings
+# (`bloom_jax.evaluate --decoding`) scores the whole validation split at the selected step,
+# and test is scored with the best. Greedy and 4-beam search under GNMT length penalties
+# from t5x's 0.6 to 1.4 (higher: longer outputs).
+DECODINGS = ('method=greedy', 'method=beam,num_beams=4,length_penalty=0.6',
+             'method=beam,num_beams=4,length_penalty=1.0',
+             'method=beam,num_beams=4,length_penalty=1.4')
 KINDS = {'single': 'single, data-matched', 'single_equal_compute': 'single, equal compute',
          'multi': 'multi-task'}
 RUN = re.compile(r'(?P<task>[a-z0-9_]+?)(?P<equal>-equal)?-seed(?P<seed>\d+)$')
@@ -164,18 +175,76 @@ def evaluations(run: Run) -> list[tuple[str, int]]:
 
 
 def scored(path: str, task: str, step: int) -> dict[str, float]:
-  """{split: the task's reported value at `step`} from eval/<split>_<step>.json."""
+  """{split: the task's reported value at `step`} from eval/<split>_<step>.json, or for a
+  generating task from eval/<split>_decoding_<step>.json under the decoding chosen."""
   headline, out = HEADLINES[task], {}
+  chosen = headline.decoded and chosen_decoding(path, task, step)
+  if headline.decoded and not chosen:
+    raise SystemExit(f'{path}: {task} at step {step} has no decoding chosen on validation; '
+                     f'score it with: python -m bloom_jax.evaluate --workdir {path} --split '
+                     f'validation --step {step} ' + decoding_flags(DECODINGS))
   for split in headline.splits:
-    key = f'{split}/{task}/{headline.metric}'
-    name = os.path.join(path, 'eval', f'{split}_{step}.json')
+    if chosen:
+      key, name = f'{split}/{task} {chosen}/{headline.metric}', f'{split}_decoding_{step}'
+      flags = ' ' + decoding_flags([chosen])
+    else:
+      key, name, flags = f'{split}/{task}/{headline.metric}', f'{split}_{step}', ''
+    name = os.path.join(path, 'eval', f'{name}.json')
     try:
       with open(name) as f:
         out[split] = json.load(f)[key] * headline.factor
     except (FileNotFoundError, KeyError):
       raise SystemExit(f'{name}: no {key}; score it with: python -m bloom_jax.evaluate '
-                       f'--workdir {path} --split {split} --step {step}') from None
+                       f'--workdir {path} --split {split} --step {step}{flags}') from None
   return out
+
+
+def read_eval(path: str, name: str) -> dict:
+  """eval/<name>.json of a run, {} when it does not exist."""
+  try:
+    with open(os.path.join(path, 'eval', f'{name}.json')) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return {}
+
+
+def chosen_decoding(path: str, task: str, step: int) -> str | None:
+  """The setting of DECODINGS whose whole-validation score of the task's headline metric at
+  `step` is best, the first on a tie; None until every setting has been scored."""
+  headline = HEADLINES[task]
+  found = read_eval(path, f'validation_decoding_{step}')
+  values = [found.get(f'validation/{task} {setting}/{headline.metric}') for setting in DECODINGS]
+  if None in values:
+    return None
+  sign = 1 if headline.mode == 'max' else -1
+  return max(zip(DECODINGS, values, strict=True), key=lambda p: sign * p[1])[0]
+
+
+def decodings(run: Run, split: str) -> list[tuple[int, list[str]]]:
+  """(step, settings) of the decoding comparisons the run has yet to score on `split`: on
+  validation every setting at each generating task's selected step, on test the setting
+  chosen there."""
+  needed = collections.defaultdict(list)
+  for task in run.tasks:
+    if not HEADLINES[task].decoded:
+      continue
+    step = select(run.path, task)[0]
+    found = read_eval(run.path, f'{split}_decoding_{step}')
+    if split == 'validation':
+      settings = DECODINGS
+    elif chosen := chosen_decoding(run.path, task, step):
+      settings = [chosen]
+    else:
+      raise SystemExit(f'{run.path}: {task} has no decoding chosen on validation at step '
+                       f'{step}; compare them there first')
+    key = f'{split}/{task} {{}}/{HEADLINES[task].metric}'
+    if any(key.format(s) not in found for s in settings):
+      needed[step] += [s for s in settings if s not in needed[step]]
+  return sorted(needed.items())
+
+
+def decoding_flags(settings) -> str:
+  return ' '.join(f'--decoding {setting}' for setting in settings)
 
 
 def cost(path: str) -> dict:
@@ -281,16 +350,19 @@ def target(rows: list[dict], task: str, split: str) -> dict:
 
 def model_scores(task: str, runs: list[Run]) -> dict:
   """One kind of run of a task over its seeds: selected steps, the value each selection
-  saw, and each split's spread."""
+  saw, the decoding chosen (a generating task), and each split's spread."""
   headline = HEADLINES[task]
-  steps, seen, values = {}, {}, collections.defaultdict(dict)
+  steps, seen, chosen, values = {}, {}, {}, collections.defaultdict(dict)
   for run in sorted(runs, key=lambda r: r.seed):
     seed = str(run.seed)
     steps[seed], value = select(run.path, task)
     seen[seed] = round(value * headline.factor, 6)
+    if headline.decoded:
+      chosen[seed] = chosen_decoding(run.path, task, steps[seed])
     for split, v in scored(run.path, task, steps[seed]).items():
       values[split][seed] = v
   return {'selected_step': steps, 'selection_value': seen,
+          **({'decoding': chosen} if headline.decoded else {}),
           **{split: spread(values[split]) for split in headline.splits}}
 
 
@@ -332,7 +404,11 @@ def models_section(root: str, baselines: dict, machine: str, logs: str = '') -> 
           'per task, the best in-training validation evaluation of its headline metric '
           '(metrics.jsonl, the first data.eval_examples examples of the split), the '
           'earliest step on a tie; best.json agrees for runs trained with best_metric; '
-          'scores at that step from bloom_jax.evaluate --step N over whole splits'),
+          'scores at that step from bloom_jax.evaluate --step N over whole splits; a '
+          'generating task (AESLC) is scored there with each decoding setting on the whole '
+          'validation split (decoding_settings), and on test with the best of them '
+          '(decoding, per seed)'),
+      'decoding_settings': list(DECODINGS),
       'command': f'{env}scripts/real_results.sh {root} {" ".join(map(str, seeds))}',
       'logs': logs,
       'machine': machine,
@@ -447,6 +523,10 @@ def steps_table(models: dict) -> list[str]:
     cells = [', '.join(f'{s} (seed {seed})' for seed, s in entry[k]['selected_step'].items())
              if k in entry else 'n/a' for k in KINDS]
     lines.append(f'| {entry["dataset"]} | ' + ' | '.join(cells) + ' |')
+    if any('decoding' in entry.get(k, {}) for k in KINDS):  # chosen at that step
+      cells = [', '.join(f'{d} (seed {seed})' for seed, d in entry[k]['decoding'].items())
+               if k in entry else 'n/a' for k in KINDS]
+      lines.append(f'| {entry["dataset"]}, decoding | ' + ' | '.join(cells) + ' |')
   return lines
 
 
@@ -585,6 +665,9 @@ def main(argv=None) -> None:
   parsers.add_parser('selection', help='TASK METRIC MODE: the best_metric of each task')
   sub = parsers.add_parser('evaluations', help='SPLIT STEP: the scores a run must compute')
   sub.add_argument('workdir')
+  sub = parsers.add_parser('decodings', help='STEP SETTING...: decodings a run must score')
+  sub.add_argument('workdir')
+  sub.add_argument('split', choices=('validation', 'test'))
   sub = parsers.add_parser('equal-steps', help="a task's steps that cost the mixture's")
   sub.add_argument('multi')
   sub.add_argument('single')
@@ -596,13 +679,17 @@ def main(argv=None) -> None:
   if args.command == 'selection':
     for task, headline in HEADLINES.items():
       print(task, f'eval/{task}/{headline.metric}', headline.mode)
-  elif args.command == 'evaluations':
+  elif args.command in ('evaluations', 'decodings'):
     run = run_at(args.workdir)
     if run is None:
       raise SystemExit(f'{args.workdir}: not a multi-seed<N>, <task>-seed<N> or '
                        '<task>-equal-seed<N> run with a metrics.jsonl')
-    for split, step in evaluations(run):
-      print(split, step)
+    if args.command == 'evaluations':
+      for split, step in evaluations(run):
+        print(split, step)
+    else:
+      for step, settings in decodings(run, args.split):
+        print(step, *settings)
   elif args.command == 'equal-steps':
     print(equal_steps(args.multi, args.single))
   elif args.command == 'logs':

@@ -14,6 +14,9 @@ from scripts import results_table as rt
 # A whole split's score at a step: the in-training value there plus this, so that a score
 # read at any other step than the selected one shows.
 OFFSET = {'validation': 0.01, 'test': -0.02}
+# A generating task's whole-split score under each setting of rt.DECODINGS, added to the
+# greedy one: beam search with length penalty 1.0 (the third setting) is the one chosen.
+DECODING_GAIN = dict(zip(rt.DECODINGS, (0.0, 0.25, 0.5, 0.5), strict=True))
 PROGRAMS = ('bloom_jax.train', 'bloom_jax.evaluate', 'scripts/plot_metrics.py')
 PARAM_SHAPES = {"('params', 'bloom', 'wte')": [10, 4], "('params', 'heads', 'pos')": [4, 3],
                 "('opt_state', '1', 'mu', 'bloom', 'wte')": [10, 4]}  # 52 parameters
@@ -42,6 +45,7 @@ def write_run(path, curve: dict, *, rate: float = 4.0, best: bool = False, score
     for step in curve:
       for split in OFFSET:
         write_scores(path, split, step)
+        write_decoding_scores(path, split, step, rt.DECODINGS)
   state = path / 'checkpoints' / str(total) / 'state'
   state.mkdir(parents=True)
   (state / '_METADATA').write_text(json.dumps({'tree_metadata': {
@@ -83,6 +87,21 @@ def write_scores(path, split: str, step: int) -> bool:
   return True
 
 
+def write_decoding_scores(path, split: str, step: int, settings) -> bool:
+  """eval/<split>_decoding_<step>.json as `bloom_jax.evaluate --decoding` writes it for
+  each of `settings`; False when no generating task of the run has the split."""
+  line = rt.read_metrics(str(path))[1][step]
+  results = {f'{split}/{t} {s}/{h.metric}': line[key(t)] + OFFSET[split] + DECODING_GAIN[s]
+             for s in settings for t, h in rt.HEADLINES.items()
+             if h.decoded and key(t) in line and split in h.splits}
+  if not results:
+    return False
+  (pathlib.Path(path) / 'eval').mkdir(exist_ok=True)
+  (pathlib.Path(path) / 'eval' / f'{split}_decoding_{step}.json').write_text(
+      json.dumps({'step': step, 'split': f'{split}_decoding', **results}, indent=2))
+  return True
+
+
 def fake_value(task: str, seed: int, step: int, total: int) -> float:
   """A learning curve that peaks at step 800 for seed 0 and at the last step otherwise."""
   value = 0.5 + step / 1e5 + (0.1 if step == (800 if seed == 0 else total) else 0)
@@ -103,7 +122,9 @@ def fake_program(program: str, args: list[str]) -> None:
   workdir = args[args.index('--workdir') + 1]
   if program == 'bloom_jax.evaluate':
     split, step = args[args.index('--split') + 1], int(args[args.index('--step') + 1])
-    if not write_scores(workdir, split, step):
+    settings = [args[i + 1] for i, flag in enumerate(args[:-1]) if flag == '--decoding']
+    if not (write_decoding_scores(workdir, split, step, settings) if settings
+            else write_scores(workdir, split, step)):
       raise SystemExit(f'--split: no task of the run has a labelled {split} split')
     return
   overrides = dict(a.removeprefix('--config.').split('=', 1) for a in args

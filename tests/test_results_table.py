@@ -174,8 +174,8 @@ def test_logs_are_all_that_collect_reads_without_the_arrays(results, tmp_path):
   multi = {str(p.relative_to(logs / 'multi-seed0')) for p in (logs / 'multi-seed0').rglob('*')
            if p.is_file()}
   assert multi == {'metrics.jsonl', 'commands.sh', 'checkpoints/1200/state/_METADATA',
-                   'eval/done', *(f'eval/{s}_{n}.json' for s in ('validation', 'test')
-                                  for n in (400, 800, 1200))}
+                   'eval/done', *(f'eval/{s}{d}_{n}.json' for s in ('validation', 'test')
+                                  for d in ('', '_decoding') for n in (400, 800, 1200))}
   assert (logs / 'pos-seed0' / 'best.json').exists()
   after = collect(logs, docs)['models']
   assert after.pop('command') == f'EQUAL_SEEDS=0 scripts/real_results.sh {logs} 0 1'
@@ -275,6 +275,37 @@ def test_a_missing_score_names_the_command_that_makes_it(results):
                      r'with: python -m bloom_jax.evaluate --workdir .*multi-seed1 --split test '
                      r'--step 1200'):
     collect(root, docs)
+
+
+def test_decoding_is_chosen_on_validation_and_scored_on_test_with_it(results, capsys):
+  root, docs = results
+  run = rt.run_at(str(root / 'multi-seed1'))  # AESLC selected at step 800 (13)
+  path = root / 'multi-seed1' / 'eval' / 'validation_decoding_800.json'
+  scores = json.loads(path.read_text())
+  name = 'validation/aeslc {}/rougeL'.format
+  assert rt.chosen_decoding(run.path, 'aeslc', 800) == rt.DECODINGS[2]  # first of a tie
+  assert rt.decodings(run, 'validation') == rt.decodings(run, 'test') == []
+  scores[name(rt.DECODINGS[0])] = 99.0
+  path.write_text(json.dumps(scores))
+  assert rt.chosen_decoding(run.path, 'aeslc', 800) == rt.DECODINGS[0]
+  assert rt.decodings(run, 'test') == []  # every setting scored on test in the fixture
+  os.remove(root / 'multi-seed1' / 'eval' / 'test_decoding_800.json')
+  assert rt.decodings(run, 'test') == [(800, [rt.DECODINGS[0]])]
+  with pytest.raises(SystemExit, match=r"test_decoding_800.json: no test/aeslc "
+                     r"method=greedy/rougeL; .* --split test --step 800 --decoding method=greedy"):
+    collect(root, docs)
+
+  del scores[name(rt.DECODINGS[3])]  # a comparison cut short chooses nothing
+  path.write_text(json.dumps(scores))
+  assert rt.chosen_decoding(run.path, 'aeslc', 800) is None
+  rt.main(['decodings', run.path, 'validation'])
+  assert capsys.readouterr().out == f'800 {" ".join(rt.DECODINGS)}\n'
+  with pytest.raises(SystemExit, match='no decoding chosen on validation at step 800'):
+    rt.decodings(run, 'test')
+  with pytest.raises(SystemExit, match=r'aeslc at step 800 has no decoding chosen on '
+                     r'validation; .* --split validation --step 800 --decoding method=greedy '):
+    collect(root, docs)
+  assert rt.decodings(rt.run_at(str(root / 'pos-seed0')), 'validation') == []  # no AESLC
 
 
 def test_best_json_must_agree_with_the_evaluations(results):
@@ -396,11 +427,37 @@ def test_real_results_sh_trains_scores_and_skips_finished_runs(tmp_path):
   assert [os.path.basename(p) for p in plots[1][1:-4]] == [
       'multi-seed0', *(f'{t}-equal-seed0' for t in tasks)]
   assert plots[1][-4:] == ['--out', 'docs/results', '--name', 'learning-curves-equal-compute']
-  ran = calls.read_text()  # the mixture scores 2 (split, step) pairs; the runs alone 8 each
-  assert ran.count('bloom_jax.train') == 11 and ran.count('bloom_jax.evaluate') == 18
+  # AESLC's decoding, chosen on validation at its selected step, then scored on test.
+  aeslc = models['tasks']['aeslc']
+  chosen = rt.DECODINGS[2]  # the fakes' best (fake_runs.DECODING_GAIN)
+  assert aeslc['multi']['decoding'] == aeslc['single']['decoding'] == {'0': chosen}
+  assert models['decoding_settings'] == list(rt.DECODINGS)
+  assert 'decoding' not in pos['multi']
+  assert (f'| AESLC, decoding | {chosen} (seed 0) | {chosen} (seed 0) | {chosen} (seed 0) |'
+          in (repo / 'docs' / 'results.md').read_text())
+  assert aeslc['multi']['test']['mean'] == pytest.approx(
+      fake_value('aeslc', 0, 800, 1200) - 0.02 + 0.5)
+  flags = ' '.join(f'--decoding {s}' for s in rt.DECODINGS)
+  assert aeslc['commands']['multi']['0'][-2:] == [
+      f'{tmp_path}/python -m bloom_jax.evaluate --workdir {tmp_path}/runs/multi-seed0 '
+      f'--split validation --step 800 {flags}',
+      f'{tmp_path}/python -m bloom_jax.evaluate --workdir {tmp_path}/runs/multi-seed0 '
+      f'--split test --step 800 --decoding {chosen}']
+  ran = calls.read_text()  # the mixture scores 2 (split, step) pairs; the runs alone 8 each;
+  # and the three with AESLC two decoding comparisons each
+  assert ran.count('bloom_jax.train') == 11 and ran.count('bloom_jax.evaluate') == 24
 
   run_script()  # every run finished: nothing is trained or scored again
   assert calls.read_text().count('bloom_jax.') == ran.count('bloom_jax.')
+  # A run scored before its decoding was chosen gets only the decoding scores on a rerun.
+  for name in ('validation', 'test'):
+    os.remove(tmp_path / 'runs' / 'aeslc-seed0' / 'eval' / f'{name}_decoding_800.json')
+  run_script()
+  added = [line for line in calls.read_text()[len(ran):].splitlines() if 'bloom_jax.' in line]
+  assert [line.split(' --split ')[1] for line in added] == [
+      f'validation --step 800 {flags}', f'test --step 800 --decoding {chosen}']
+  ran = calls.read_text()
+  models = json.loads((repo / 'docs' / 'results.json').read_text())['models']
 
   # With LOGS, every run's logs are copied there; a new root made of them (another machine)
   # trains and scores nothing again and collects the same models section.
