@@ -16,7 +16,9 @@ Decoding (generating task types only: generation, lm):
   --max_new_tokens N   tokens generated at most (default: the task's target length,
                        `max_target_length`, or a quarter of `max_length`)
   --method greedy      the likeliest token each step (the default; deterministic)
-  --method beam        --num_beams K hypotheses (default 4); one beam is greedy search
+  --method beam        --num_beams K hypotheses (default 4); one beam is greedy search;
+                       --length_penalty A (default 1.0) scores a hypothesis
+                       log p / ((5 + length) / 6)^A, as `evaluate --decoding` does
   --method sample      from softmax(logits / --temperature), restricted to the --top_k
                        likeliest tokens (0: all), then to the smallest set holding --top_p
                        of the probability (1: all); --seed fixes the draw. --top_k 1 is greedy.
@@ -104,7 +106,7 @@ class Predictor:
     """Continuations of token prompts (left-padded to `width`), decoded to text: at most
     `max_new_tokens` tokens each (default: the task's target length), by the task's type
     (`TaskType.generate`). `options` are `decoding.generate`'s (method, num_beams,
-    temperature, top_k, top_p, seed)."""
+    length_penalty, temperature, top_k, top_p, seed)."""
     tok, n = self.tokenizer, len(prompts)
     ids, mask = left_padded(prompts + [prompts[-1]] * (-n % self.multiple), width, tok.pad_id)
     result = task.type.generate(
@@ -133,8 +135,8 @@ def _pad_rows(batch: dict, multiple: int) -> dict:
 
 # The decoding flags, and the --method each belongs to (None: every method).
 DECODING_FLAGS = {'max_new_tokens': None, 'method': None, 'num_beams': 'beam',
-                  'temperature': 'sample', 'top_k': 'sample', 'top_p': 'sample',
-                  'seed': 'sample'}
+                  'length_penalty': 'beam', 'temperature': 'sample', 'top_k': 'sample',
+                  'top_p': 'sample', 'seed': 'sample'}
 
 
 def decoding_options() -> dict:
@@ -149,7 +151,7 @@ def decoding_options() -> dict:
     raise ConfigError(f'--top_p: must be in (0, 1], got {FLAGS.top_p}')
   options = {'method': method, 'max_new_tokens': FLAGS.max_new_tokens}
   if method == 'beam':
-    options['num_beams'] = FLAGS.num_beams
+    options.update(num_beams=FLAGS.num_beams, length_penalty=FLAGS.length_penalty)
   if method == 'sample':
     options.update(temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
                    seed=FLAGS.seed)
@@ -208,5 +210,7 @@ if __name__ == '__main__':
                        lower_bound=0)
   flags.DEFINE_float('top_p', 1.0, '--method=sample: nucleus probability mass (1: all).')
   flags.DEFINE_integer('num_beams', 4, '--method=beam: beams kept.', lower_bound=1)
+  flags.DEFINE_float('length_penalty', 1.0, '--method=beam: GNMT alpha; a hypothesis scores '
+                     'log p / ((5 + length) / 6)^alpha.')
   flags.DEFINE_integer('seed', 0, '--method=sample: the draw\'s seed.')
   cli.run(main)

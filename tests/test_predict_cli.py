@@ -94,11 +94,13 @@ CALLS = {
     'summarize_sample': ['--task', 'summarize', '--method', 'sample', '--top_k', '20',
                          '--top_p', '0.9', '--temperature', '1.3', '--seed', '1'],
     'summarize_beam': ['--task', 'summarize', '--method', 'beam', '--num_beams', '3',
-                       '--max_new_tokens', '3'],
+                       '--length_penalty', '0.6', '--max_new_tokens', '3'],
     'sentiment_decoding': ['--task', 'sentiment', '--text', 'x', '--max_new_tokens', '4',
                            '--method', 'sample', '--top_k', '2'],
     # Checked before the run is read.
     'num_beams_greedy': ['--task', 'lm', '--text', 'x', '--num_beams', '2'],
+    'length_penalty_sample': ['--task', 'lm', '--text', 'x', '--method', 'sample',
+                              '--length_penalty', '0.6'],
     'temperature_0': ['--task', 'lm', '--text', 'x', '--method', 'sample', '--temperature', '0'],
 }
 
@@ -192,7 +194,8 @@ def test_sampling_and_beam_search_options(calls, run_dir, reference):
   assert sampled == expected and all(isinstance(p['generated'], str) for p in sampled)
   assert result['tokens'].shape[1] == 6  # summarize's own target length: 24 // 4
   beams = _answers(calls, run_dir, 'summarize_beam')
-  expected, [result] = answers('summarize', max_new_tokens=3, method='beam', num_beams=3)
+  expected, [result] = answers('summarize', max_new_tokens=3, method='beam', num_beams=3,
+                               length_penalty=0.6)
   assert beams == expected and result['tokens'].shape[-1] == 3
   assert all(isinstance(p['generated'], str) for p in beams)
 
@@ -202,6 +205,8 @@ def test_sampling_and_beam_search_options(calls, run_dir, reference):
                            'task, which generates no text (decoding options apply to generation, '
                            'lm tasks)'),
     ('num_beams_greedy', '--num_beams: applies to --method=beam only (this is --method=greedy)'),
+    ('length_penalty_sample',
+     '--length_penalty: applies to --method=beam only (this is --method=sample)'),
     ('temperature_0', '--temperature: must be positive, got 0.0'),
 ])
 def test_decoding_options_that_cannot_apply_are_one_line_errors(calls, name, message):
