@@ -189,13 +189,12 @@ def scored(path: str, task: str, step: int) -> dict[str, float]:
       flags = ' ' + decoding_flags([chosen])
     else:
       key, name, flags = f'{split}/{task}/{headline.metric}', f'{split}_{step}', ''
-    name = os.path.join(path, 'eval', f'{name}.json')
-    try:
-      with open(name) as f:
-        out[split] = json.load(f)[key] * headline.factor
-    except (FileNotFoundError, KeyError):
-      raise SystemExit(f'{name}: no {key}; score it with: python -m bloom_jax.evaluate '
-                       f'--workdir {path} --split {split} --step {step}{flags}') from None
+    found = read_eval(path, name)
+    if key not in found:
+      raise SystemExit(f'{os.path.join(path, "eval", name)}.json: no {key}; score it with: '
+                       f'python -m bloom_jax.evaluate --workdir {path} --split {split} '
+                       f'--step {step}{flags}')
+    out[split] = found[key] * headline.factor
   return out
 
 
