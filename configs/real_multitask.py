@@ -10,6 +10,8 @@
   # The loss-balancing ablation (get_sweep; docs/multitask.md, docs/sweeps.md):
   python -m bloom_jax.sweep --config configs/real_multitask.py --workdir runs/balancing \
       --metric eval/sst2/accuracy
+  # Its trials of one method and seed only (the same trial directories):
+  python -m bloom_jax.sweep --config configs/real_multitask.py:balancing=static,seed=1 ...
   # The learning-rate sweep (docs/results.md):
   python -m bloom_jax.sweep --config configs/real_multitask.py:sweep=lr --workdir runs/lr \
       --metric eval/pos/word_accuracy
@@ -125,6 +127,8 @@ def get_config(arg=None):
   args = _parse(arg)
   if 'seed' in args:
     c.seed = int(args['seed'])
+  if 'balancing' in args:
+    c.loss_balancing = args['balancing']
   if 'steps' in args:  # a shorter (pilot) run: three evaluations and checkpoints, as above
     c.total_steps = int(args['steps'])
     c.eval_every = c.checkpoint_every = c.total_steps // 3
@@ -141,21 +145,25 @@ def get_config(arg=None):
 
 def get_sweep(arg=None):
   """The loss-balancing ablation: every method on the mixture, two seeds each (seed=N: that
-  seed only); with sweep=lr, the learning-rate sweep: 1e-3, 2e-3 and 4e-3 on the mixture,
-  seed 0 (the protocol's two seeds are for the value chosen). The rest of `arg`, e.g.
-  steps=400, applies to every trial."""
+  seed only; balancing=METHOD: that method only); with sweep=lr, the learning-rate sweep:
+  1e-3, 2e-3 and 4e-3 on the mixture, seed 0 (the protocol's two seeds are for the value
+  chosen). The rest of `arg`, e.g. steps=400, applies to every trial."""
   args = _parse(arg)
   if args.get('sweep', 'balancing') == 'lr':
     return definitions.grid({'optimizer.learning_rate': [1e-3, 2e-3, 4e-3], 'seed': [0]})
   seeds = [int(args['seed'])] if 'seed' in args else [0, 1]
-  return definitions.grid({'loss_balancing': list(LOSS_BALANCING), 'seed': seeds})
+  methods = [args['balancing']] if 'balancing' in args else list(LOSS_BALANCING)
+  return definitions.grid({'loss_balancing': methods, 'seed': seeds})
 
 
 def _parse(arg):
   args = dict(a.partition('=')[::2] for a in arg.split(',')) if arg else {}
-  if (set(args) - {'single', 'seed', 'steps', 'sweep'} or args.get('single', 'pos') not in TASKS
+  if (set(args) - {'single', 'seed', 'steps', 'sweep', 'balancing'}
+      or args.get('single', 'pos') not in TASKS
       or not args.get('seed', '0').isdigit() or not args.get('steps', '3').isdigit()
-      or int(args.get('steps', '3')) < 3 or args.get('sweep', 'lr') not in ('balancing', 'lr')):
+      or int(args.get('steps', '3')) < 3 or args.get('sweep', 'lr') not in ('balancing', 'lr')
+      or args.get('balancing', 'static') not in LOSS_BALANCING):
     raise ValueError(f'configs/real_multitask.py:{arg}: expected single=TASK (TASK one of '
-                     f'{", ".join(TASKS)}), seed=N, steps=N (N >= 3) and/or sweep=balancing|lr')
+                     f'{", ".join(TASKS)}), seed=N, steps=N (N >= 3), balancing=METHOD '
+                     f'(one of {", ".join(LOSS_BALANCING)}) and/or sweep=balancing|lr')
   return args

@@ -262,7 +262,7 @@ def test_an_unknown_method_or_scope_is_a_config_error_naming_the_choices(key, va
     config_lib.validate(config)
 
 
-def test_the_ablation_sweep_covers_every_method_with_two_seeds_or_one():
+def test_the_ablation_sweep_covers_every_method_with_two_seeds_or_one_trial():
   trials = definitions.name_trials(real_multitask.get_sweep())
   assert len(trials) == 2 * len(steps.LOSS_BALANCING)
   assert trials[2].name == 'loss_balancing=gradnorm_per_task,seed=0'
@@ -274,6 +274,11 @@ def test_the_ablation_sweep_covers_every_method_with_two_seeds_or_one():
   one_seed = definitions.name_trials(real_multitask.get_sweep('seed=1'))  # one seed's half
   assert [t.overrides for t in one_seed] == [
       {'loss_balancing': m, 'seed': 1} for m in steps.LOSS_BALANCING]
+  one_trial = definitions.name_trials(real_multitask.get_sweep('balancing=uncertainty,seed=0'))
+  assert [t.name for t in one_trial] == ['loss_balancing=uncertainty,seed=0']  # the same dir
+  assert real_multitask.get_config('balancing=static').loss_balancing == 'static'
+  with pytest.raises(ValueError, match='balancing=METHOD .one of static, gradnorm_per_task, '):
+    real_multitask.get_sweep('balancing=gradnorm')
   rates = definitions.name_trials(real_multitask.get_sweep('sweep=lr'))
   assert [t.overrides for t in rates] == [
       {'optimizer.learning_rate': r, 'seed': 0} for r in (1e-3, 2e-3, 4e-3)]
