@@ -529,11 +529,14 @@ def test_real_config_variants():
   # Data-matched: the task's rows per step and its tokenizer are the mixture's.
   assert alone.data.batch_size == round(mixture.data.batch_size * mixture.tasks.trec.rate)
   assert alone.tokenizer.train_on == mixture.tokenizer.train_on
-  # ... and so is everything else about the task (its head, pooling, losses) but its rate.
+  # ... and so is everything else about the task (its head, pooling, losses) but its rate
+  # and its loss weight, which only weighs it against the other tasks.
+  assert {t.loss_weight for t in mixture.tasks.values()} != {1.0}
   for task in mixture.tasks:
     by_itself = real_multitask.get_config(f'single={task}').tasks[task].to_dict()
-    assert by_itself.pop('rate') == 1.0
-    assert by_itself == {k: v for k, v in mixture.tasks[task].to_dict().items() if k != 'rate'}
+    assert by_itself.pop('rate') == 1.0 and by_itself.pop('loss_weight') == 1.0
+    assert by_itself == {k: v for k, v in mixture.tasks[task].to_dict().items()
+                         if k not in ('rate', 'loss_weight')}
   # Every evaluated step's checkpoint is kept: the selection on validation comes after.
   for c in (mixture, alone, real_multitask.get_config('steps=600')):
     assert c.keep_checkpoints * c.checkpoint_every == c.total_steps
