@@ -23,7 +23,10 @@
 # the script there to go on; the runs copied are not trained again.
 #
 # EQUAL_SEEDS="0" limits the equal-compute runs, five mixtures' time per seed, to those of
-# the seeds it names (default: every seed given; empty: none).
+# the seeds it names (default: every seed given; empty: none). EQUAL_STEPS_SEED=0 takes
+# every seed's equal-compute steps from seed 0's mixture and task-alone runs (default: each
+# seed's own): the cost of a step does not depend on the seed, and only runs that had the
+# machine to themselves measure it.
 set -euo pipefail
 root=${1:?usage: scripts/real_results.sh WORKDIR_ROOT SEED [SEED ...]}
 shift
@@ -35,6 +38,11 @@ for seed in "${equal_seeds[@]}"; do
     exit 2
   }
 done
+steps_seed=${EQUAL_STEPS_SEED-}
+if [[ -n $steps_seed && " ${seeds[*]} " != *" ${steps_seed} "* ]]; then
+  echo "EQUAL_STEPS_SEED: seed ${steps_seed} is not among the seeds given (${seeds[*]})" >&2
+  exit 2
+fi
 python=${PYTHON:-python}
 logs=${LOGS:-}
 table=("$python" scripts/results_table.py)
@@ -109,7 +117,8 @@ mapfile -t selection <<< "$listed"
 # Every seed's data-matched runs come before the equal-compute ones, which cost five
 # mixtures per seed: an interrupted script has the cheaper comparison complete first.
 # The equal-compute steps come from the ratio of two runs' median steps/s, which is the
-# ratio of their costs only if both had the machine to themselves: run this script alone.
+# ratio of their costs only if both had the machine to themselves: run this script alone
+# (or name a seed whose runs did: EQUAL_STEPS_SEED).
 for seed in "${seeds[@]}"; do
   # The mixture keeps every checkpoint (five: every 400 of 2,000 steps), since each task
   # is scored at its own selected step; one task alone keeps its best (best_metric).
@@ -123,7 +132,8 @@ done
 for seed in "${equal_seeds[@]}"; do
   for line in "${selection[@]}"; do
     read -r task metric mode <<< "$line"
-    steps=$("${table[@]}" equal-steps "${root}/multi-seed${seed}" "${root}/${task}-seed${seed}")
+    from=${steps_seed:-$seed}
+    steps=$("${table[@]}" equal-steps "${root}/multi-seed${from}" "${root}/${task}-seed${from}")
     run "${task}-equal-seed${seed}" "single=${task},seed=${seed}" --config.best_metric="$metric" \
         --config.best_mode="$mode" --config.total_steps="$steps"
   done
@@ -148,4 +158,5 @@ if (( ${#equal[@]} )); then
   "$python" scripts/plot_metrics.py "${equal[@]}" --out docs/results \
       --name learning-curves-equal-compute
 fi
-"${table[@]}" collect "$root" --machine "$machine" --logs "$logs"
+"${table[@]}" collect "$root" --machine "$machine" --logs "$logs" \
+    ${steps_seed:+--equal-steps-seed "$steps_seed"}

@@ -365,7 +365,8 @@ def model_scores(task: str, runs: list[Run]) -> dict:
           **{split: spread(values[split]) for split in headline.splits}}
 
 
-def models_section(root: str, baselines: dict, machine: str, logs: str = '') -> dict:
+def models_section(root: str, baselines: dict, machine: str, logs: str = '',
+                   equal_steps_seed: int | None = None) -> dict:
   runs = find_runs(root)
   if not runs:
     raise SystemExit(f'{root}: no multi-seed<N>, <task>-seed<N> or <task>-equal-seed<N> run '
@@ -390,6 +391,8 @@ def models_section(root: str, baselines: dict, machine: str, logs: str = '') -> 
   env = f'LOGS={logs} ' if logs else ''
   if equal_seeds != seeds:  # real_results.sh's default is every seed's
     env += 'EQUAL_SEEDS=' + shlex.quote(' '.join(map(str, equal_seeds))) + ' '
+  if equal_steps_seed is not None:
+    env += f'EQUAL_STEPS_SEED={equal_steps_seed} '
   return {
       'description': (
           'Each task trained in the mixture (multi), alone with the same rows per step and '
@@ -653,6 +656,8 @@ def main(argv=None) -> None:
   collect.add_argument('root', help='the directory real_results.sh trained in')
   collect.add_argument('--machine', required=True, help='what the runs ran on, in words')
   collect.add_argument('--logs', default='', help="where real_results.sh copied the runs' logs")
+  collect.add_argument('--equal-steps-seed', type=int,
+                       help="the seed whose runs set every seed's equal-compute steps")
   render = parsers.add_parser('render', help='docs/results.md from results.json and the analysis')
   for sub in (collect, render):
     sub.add_argument('--json', default=str(DOCS / 'results.json'))
@@ -697,7 +702,7 @@ def main(argv=None) -> None:
     if args.command == 'collect':
       document = read_document(args.json)
       document['models'] = models_section(args.root, document['baselines'], args.machine,
-                                          args.logs)
+                                          args.logs, args.equal_steps_seed)
       write_json(args.json, document)
     write_markdown(args.json, args.analysis, args.figures, args.markdown)
     print(f'wrote {args.markdown}')

@@ -504,3 +504,26 @@ def test_real_results_sh_equal_seeds_limits_the_equal_compute_runs(tmp_path):
   assert 'single_equal_compute' not in models['tasks']['pos']
   ran = calls.read_text()[len(before):]
   assert ran.count('scripts/plot_metrics.py') == 1 and '--name' not in ran
+
+
+def test_real_results_sh_equal_steps_seed_sets_every_seeds_equal_compute_steps(tmp_path):
+  run_script, calls = fake_protocol(tmp_path)
+  refused = run_script('0', '1', check=False, EQUAL_STEPS_SEED='2')
+  assert refused.returncode == 2
+  assert 'EQUAL_STEPS_SEED: seed 2 is not among the seeds given (0 1)' in refused.stderr
+  assert not calls.exists()
+
+  # By default each seed's own runs set its steps: seed 1's mixture ran at half the speed
+  # (it shared the machine), so its tasks alone would get twice the steps.
+  run_script('0', '1', root=tmp_path / 'own')
+  models = json.loads((tmp_path / 'repo' / 'docs' / 'results.json').read_text())['models']
+  assert [models['runs'][f'pos-equal-seed{s}']['steps'] for s in (0, 1)] == [3600, 7200]
+
+  run_script('0', '1', EQUAL_STEPS_SEED='0')
+  models = json.loads((tmp_path / 'repo' / 'docs' / 'results.json').read_text())['models']
+  assert [models['runs'][f'pos-equal-seed{s}']['steps'] for s in (0, 1)] == [3600, 3600]
+  train = models['tasks']['pos']['commands']['single_equal_compute']['1'][0]
+  assert 'real_multitask.py:single=pos,seed=1 ' in train
+  assert train.endswith('--config.total_steps=3600')
+  assert models['command'] == (
+      f"EQUAL_STEPS_SEED=0 scripts/real_results.sh {tmp_path / 'runs'} 0 1")
