@@ -2,8 +2,9 @@
 
 Its log-probabilities are the pointer-generator's mixture, checked against a float64
 reference on packed rows (no example copies from another), they reduce to the LM's with
-the gate open, decoding with the cache gives what the training-time path gives for the
-same tokens (greedy and beam), the option is checked at configuration, a run with it
+the gate open, a source loss beside it is the trunk's own next-token loss, decoding with
+the cache gives what the training-time path gives for the same tokens (greedy and beam),
+the option is checked at configuration, a run with it
 trains, evaluates, predicts and restores its head, and on a task that copies its source
 the head learns in a few steps what the plain model has not begun to learn.
 """
@@ -21,7 +22,7 @@ from flax import nnx
 from tiny import SUBJECT_ROWS as ROWS
 from tiny import tiny_config
 
-from bloom_jax import compat, copying, evaluation, predict, runs, tasks, tokenizer, train
+from bloom_jax import compat, copying, evaluation, predict, runs, steps, tasks, tokenizer, train
 from bloom_jax.errors import ConfigError
 from bloom_jax.model import BloomConfig
 from bloom_jax.multitask_model import MultiTaskModel, unstacked_trunk
@@ -122,6 +123,34 @@ def test_an_open_gate_gives_the_language_model(tok):
                              jax.nn.log_softmax(model.bloom.logits(at)), atol=1e-5)
 
 
+def test_a_source_loss_is_the_trunks_next_token_loss_beside_the_heads(tok):
+  """With `source_lm_weight` (causal attention) the head still scores the targets, and
+  each source token adds the trunk's own next-token loss at its weight; evaluation keeps
+  the targets' alone."""
+  plain = _task(attention='causal')
+  aux = _task(attention='causal', source_lm_weight=0.25)
+  examples, _ = GENERATION.encode(aux, tok, ROWS, True, None)
+  rows = GENERATION.rows(aux, examples, tok.pad_id, True)
+  batch = {k: jnp.asarray(v) for k, v in rows.items()}
+  model = _model(tok.vocab_size)
+  trained = model(aux, batch, jax.random.key(0))
+  log_probs = model(plain, batch)
+  np.testing.assert_allclose(_scored(batch, trained['target']), _scored(batch, log_probs),
+                             atol=1e-5)
+  hidden, _ = model.bloom.hidden_states(batch['input_ids'], segment_ids=batch['segment_ids'],
+                                        mode='causal')
+  every = jax.nn.log_softmax(model.bloom.logits(hidden))
+  source = np.take_along_axis(np.asarray(every), rows['source_targets'][..., None], -1)[..., 0]
+  target = np.take_along_axis(np.asarray(log_probs), rows['targets'][..., None], -1)[..., 0]
+  want = -np.sum(target * rows['weights']) - np.sum(source * rows['source_weights'])
+  assert (rows['source_weights'] > 0).sum() > rows['weights'].sum()  # most tokens are source
+  statistics = steps.task_statistics(model, aux, batch, jax.random.key(0))
+  np.testing.assert_allclose(statistics['loss_sum'], want, rtol=1e-5)
+  evaluated = steps.task_statistics(model, aux, batch)
+  np.testing.assert_allclose(evaluated['loss_sum'], -np.sum(target * rows['weights']),
+                             rtol=1e-5)
+
+
 def test_gradients_are_finite_with_padded_rows(tok):
   model, batch = _model(tok.vocab_size), _batch(tok)
   padded = {k: jnp.concatenate([v, jnp.zeros_like(v[:1])]) for k, v in batch.items()}
@@ -220,8 +249,8 @@ def test_beam_search_scores_its_tokens_as_the_training_time_path(tok):
     ('sentiment', dict(copy=True), r'tasks.sentiment.copy: not for classification tasks'),
     ('lm', dict(copy=True), r'tasks.lm.copy: not for lm tasks'),
     ('summarize', dict(copy=1), r'tasks.summarize.copy: expected bool, got 1'),
-    ('summarize', dict(copy=True, attention='causal', source_lm_weight=0.1),
-     r'tasks.summarize.copy: not with tasks.summarize.source_lm_weight'),
+    ('summarize', dict(copy=True, source_lm_weight=0.1),
+     r"tasks.summarize.source_lm_weight: needs tasks.summarize.attention='causal'"),
 ])
 def test_copy_is_checked_at_configuration(name, fields, message):
   with pytest.raises(ConfigError, match=message):

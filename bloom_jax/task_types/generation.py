@@ -26,8 +26,8 @@ target position may copy a token of its own example's prefix instead of generati
 
     P(w) = p_gen * softmax(logits)(w) + (1 - p_gen) * sum_{j in prefix, x_j = w} a_j
 
-and the task's logits are log P, in training, evaluation and decoding alike. It trains
-on the target alone: with `source_lm_weight` it is a ConfigError.
+and the task's logits are log P, in training, evaluation and decoding alike. A source
+loss beside it is the trunk's own next-token prediction: the head copies into targets only.
 """
 
 import jax.numpy as jnp
@@ -127,9 +127,6 @@ class Generation(base.TaskType):
     super().check(task, key)
     if not 1 <= task.target_length <= task.max_length - 4:
       raise ConfigError(f'{key}.max_target_length: must leave at least 4 tokens for the source')
-    if task.copy and task.source_lm_weight:
-      raise ConfigError(f'{key}.copy: not with {key}.source_lm_weight (the copy head '
-                        'predicts target tokens only)')
     check_decoding(task, f'{key}.decoding')
 
   def clean(self, task, row):
@@ -205,15 +202,16 @@ class Generation(base.TaskType):
     """[B, P, V] logits at the target positions (with `copy`, log-probabilities); in
     training with a source loss, {'target': those, 'source': [B, S, V] logits at every
     position}."""
-    if task.source_lm_weight and dropout_key is not None:
+    source_loss = task.source_lm_weight and dropout_key is not None
+    positions = batch['target_positions'][..., None]
+    if source_loss:
       every = model.bloom.logits(hidden)
-      return {'target': jnp.take_along_axis(every, batch['target_positions'][..., None], axis=1),
-              'source': every}
-    at = jnp.take_along_axis(hidden, batch['target_positions'][..., None], axis=1)
-    logits = model.bloom.logits(at)
+      logits = jnp.take_along_axis(every, positions, axis=1)
+    else:
+      logits = model.bloom.logits(jnp.take_along_axis(hidden, positions, axis=1))
     if task.copy:
-      return copying.packed_log_probs(model.heads[task.name], logits, hidden, batch)
-    return logits
+      logits = copying.packed_log_probs(model.heads[task.name], logits, hidden, batch)
+    return {'target': logits, 'source': every} if source_loss else logits
 
   def generate(self, task, graphdef, state, prompt_ids, prompt_mask, **options):
     if task.copy:
