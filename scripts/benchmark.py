@@ -34,9 +34,10 @@ against the run's best reading are reported next to them.
 
 `--mixture` instead times configs/real_multitask.py's train step on real batches (data.dir
 or $BLOOM_JAX_DATA) with packed rows, with one example per row, with bags of n-grams
-beside the classifiers' heads and with max pooling in place of attention pooling, in
-turns: examples per second of every task, non-padding tokens per second, and the bags' and
-attention pooling's step time against the step without them (scripts/bench/mixture.py).
+beside the classifiers' heads, with max pooling in place of attention pooling and with a
+next-token loss on the copying task's source, in turns: examples per second of every task,
+non-padding tokens per second, the bags' and attention pooling's step time against the
+step without them and the source loss's against the recipe's (scripts/bench/mixture.py).
 """
 
 import argparse

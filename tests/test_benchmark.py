@@ -39,8 +39,9 @@ def test_token_products_read_every_weight_matrix_once():
 
 def test_mixture_layouts_train_the_same_tokens_per_step():
   """The packed and unpacked real-data mixtures differ only in how examples fill rows, the
-  recipe's (with bags of n-grams) from the packed one only in its classifiers' bags and from
-  max_pooling only in how its attention-pooled classifiers pool."""
+  recipe's (with bags of n-grams) from the packed one only in its classifiers' bags, from
+  max_pooling only in how its attention-pooled classifiers pool and from source_lm only in
+  its copying task's attention and source loss."""
   from scripts.bench import mixture
 
   layouts = mixture.layouts()
@@ -65,3 +66,10 @@ def test_mixture_layouts_train_the_same_tokens_per_step():
     if task in attention:
       expected['pooling'] = 'max'
     assert c.to_dict() == expected
+  # 'source_lm' is the recipe but for its copying task's attention and source loss.
+  for task, c in layouts['source_lm'].tasks.items():
+    expected = recipe.tasks[task].to_dict()
+    if expected.get('copy'):
+      expected.update(attention='causal', source_lm_weight=mixture.SOURCE_LM_WEIGHT)
+    assert c.to_dict() == expected
+  assert layouts['source_lm'].tasks.aeslc.source_lm_weight > 0

@@ -1,13 +1,16 @@
 """The real-data mixture (configs/real_multitask.py): examples per second for each task and
 non-padding tokens per second, with packed rows against one example per row; what a bag
 of n-grams beside the classifiers' heads (`tasks.<name>.ngrams`) and attention pooling
-(`tasks.<name>.pooling='attention'`) cost a packed step; and how many batches per second
-the input pipeline delivers against the steps per second it feeds.
+(`tasks.<name>.pooling='attention'`) cost a packed step, and what a next-token loss on a
+generative task's source (`source_lm_weight`, with causal attention) adds to it; and how
+many batches per second the input pipeline delivers against the steps per second it feeds.
 
 The layouts train the same model on rows of the same shapes (the same tokens per step);
 'ngrams' is the recipe's packed mixture with its classifiers' bags of n-grams, 'packed' the
-same without the bags, 'unpacked' the latter as it was before packing and 'max_pooling'
-the recipe with every attention-pooled classifier reading its max state instead. Their train
+same without the bags, 'unpacked' the latter as it was before packing, 'max_pooling'
+the recipe with every attention-pooled classifier reading its max state instead and
+'source_lm' the recipe with every task that has a copy head read left to right and trained
+on its source's next tokens as well (every position projected onto the vocabulary). Their train
 steps run in turns on real batches, so the machine's drift hits them alike. The input is
 timed alone, from a fresh iterator (its reading and packing threads start cold) over
 `INPUT_BATCHES` batches.
@@ -24,6 +27,7 @@ from bloom_jax.data import pipeline
 from configs import real_multitask
 
 INPUT_BATCHES = 300
+SOURCE_LM_WEIGHT = 0.1  # any weight > 0 costs the same: every position is projected
 
 
 def layouts() -> dict:
@@ -38,7 +42,12 @@ def layouts() -> dict:
   for task in max_pooling.tasks.values():
     if task.get('pooling') == 'attention':
       task.pooling = 'max'
-  return {'unpacked': unpacked, 'packed': packed, 'ngrams': bag, 'max_pooling': max_pooling}
+  source_lm = real_multitask.get_config()
+  for task in source_lm.tasks.values():
+    if task.get('copy'):  # a generative task read left to right, with a loss on its source
+      task.attention, task.source_lm_weight = 'causal', SOURCE_LM_WEIGHT
+  return {'unpacked': unpacked, 'packed': packed, 'ngrams': bag, 'max_pooling': max_pooling,
+          'source_lm': source_lm}
 
 
 class _Trainer:
@@ -79,9 +88,10 @@ class _Trainer:
 
 
 def bench_mixture(steps: int, log) -> dict:
-  """{'unpacked': ..., 'packed': ..., 'ngrams': ..., 'max_pooling': ..., 'examples_per_s_ratio':
-  {task: packed / unpacked}, 'ngrams_step_ratio': the bag's step time / packed's,
-  'attention_step_ratio': the recipe's step time / max_pooling's}."""
+  """{'unpacked': ..., 'packed': ..., 'ngrams': ..., 'max_pooling': ..., 'source_lm': ...,
+  'examples_per_s_ratio': {task: packed / unpacked}, 'ngrams_step_ratio': the bag's step
+  time / packed's, 'attention_step_ratio': the recipe's step time / max_pooling's,
+  'source_lm_step_ratio': source_lm's step time / the recipe's}."""
   mesh = sharding.make_mesh({'data': -1, 'fsdp': 1, 'tensor': 1})
   trainers = {}
   for name, config in layouts().items():
@@ -105,6 +115,7 @@ def bench_mixture(steps: int, log) -> dict:
       / out['unpacked']['tasks'][task]['examples_per_s'] for task in out['packed']['tasks']}
   out['ngrams_step_ratio'] = out['ngrams']['step_s'] / out['packed']['step_s']
   out['attention_step_ratio'] = out['ngrams']['step_s'] / out['max_pooling']['step_s']
+  out['source_lm_step_ratio'] = out['source_lm']['step_s'] / out['ngrams']['step_s']
   return out
 
 
@@ -119,7 +130,7 @@ def input_rate(pipe, batches: int) -> float:
 
 def table(results: dict) -> list[tuple[str, str]]:
   rows = []
-  for layout in ('unpacked', 'packed', 'ngrams', 'max_pooling'):
+  for layout in ('unpacked', 'packed', 'ngrams', 'max_pooling', 'source_lm'):
     r = results[layout]
     rows.append((f'mixture {layout}: step', f"{r['step_s'] * 1e3:.0f} ms, "
                  f"{r['tokens_per_step']} tokens, {r['nonpad_tokens_per_s']:.0f} non-pad tok/s"))
@@ -131,6 +142,8 @@ def table(results: dict) -> list[tuple[str, str]]:
       f'{t} {x:.2f}x' for t, x in results['examples_per_s_ratio'].items())))
   rows.append(('with the n-gram bags / packed step', f"{results['ngrams_step_ratio']:.3f}x"))
   rows.append(('the recipe / max pooling step', f"{results['attention_step_ratio']:.3f}x"))
+  rows.append(('with the source loss / the recipe step',
+               f"{results['source_lm_step_ratio']:.3f}x"))
   i = results['input']
   rows.append(('input (packed) / step', f"{i['batches_per_s']:.1f} batches/s against "
                f"{i['steps_per_s']:.2f} steps/s: {i['ratio']:.1f}x"))
